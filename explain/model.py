@@ -1,0 +1,333 @@
+"""A loaded classifier, shareable between threads, and the one forward pass an explanation needs.
+
+Data flow: image → :class:`~explain.preprocess.Preprocess` → model → *target layer* → activation and
+(batched) gradients, kept in a :class:`Capture` → map (``explain.methods``) → normalise / upsample /
+colour (``explain.render``).
+
+Sharing rules: ``Model.module`` is used by many sessions at once, so nothing here mutates it after
+construction. Every candidate layer gets one permanent forward hook (a *tap*) when the model is
+built, before anybody shares it; a tap does nothing unless the *calling thread* has asked for that
+layer through a context variable. So there is no hook toggling, no ``requires_grad`` toggling and
+no ``.grad`` writing while explaining, and concurrent threads never see each other's requests.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import hashlib
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import torch
+from PIL import Image
+from torch import nn
+
+from .errors import ExplainError, UnknownClassError, UnknownLayerError
+from .layers import LayerInfo, LayerTable, discover, to_grid
+from .preprocess import Fit, Preprocess
+
+INPUT_LAYER = "<input>"  # pseudo layer of input-gradient (saliency) captures
+
+
+@dataclass
+class _TapRequest:
+    module: nn.Module
+    leaf: torch.Tensor | None = None
+
+
+_ACTIVE_TAP: contextvars.ContextVar[_TapRequest | None] = contextvars.ContextVar(
+    "cam_explorer_tap", default=None
+)
+
+
+def _tap(module: nn.Module, _inputs: object, output: object) -> object:
+    """Permanent forward hook; acts only for the thread that requested this module."""
+    request = _ACTIVE_TAP.get()
+    if request is None or request.module is not module or request.leaf is not None:
+        return None
+    assert isinstance(output, torch.Tensor)
+    # The layers below ran under no_grad; the graph starts here, at a fresh leaf, so a backward
+    # pass stops at the target layer and never touches the layers below.
+    leaf = output.detach().requires_grad_(True)
+    request.leaf = leaf
+    torch.set_grad_enabled(True)  # thread-local; restored by Model.capture
+    # A clone, so that in-place layers downstream (ReLU(inplace), `out += identity`) neither fail
+    # on a leaf nor alter the activation we keep.
+    return leaf.clone()
+
+
+class Capture:
+    """One forward pass of one image, kept: the target activation, logits and the head's graph.
+
+    Gradients of any set of classes come from one batched backward pass through the retained head
+    graph, and are cached per class, so a new class, method or colour never repeats the forward.
+    """
+
+    def __init__(
+        self,
+        layer: LayerInfo | None,
+        inputs: torch.Tensor,
+        logits: torch.Tensor,
+        leaf: torch.Tensor,
+    ) -> None:
+        self.layer = layer
+        self.input = inputs.detach()
+        self.logits = logits  # [1, N], carries the graph back to ``leaf``
+        self.probs = torch.softmax(logits.detach()[0].float(), dim=0)
+        self._leaf = leaf
+        grid = to_grid(leaf.detach(), layer) if layer is not None else leaf.detach()
+        self.activation = grid[0]  # [C, h, w]
+        self._grads: dict[int, torch.Tensor] = {}
+        self.extras: dict[str, object] = {}  # per-method caches (e.g. Score-CAM channel scores)
+        self._lock = threading.Lock()
+
+    @property
+    def layer_name(self) -> str:
+        return self.layer.name if self.layer is not None else INPUT_LAYER
+
+    def gradients(self, classes: Sequence[int]) -> torch.Tensor:
+        """d logit[c] / d activation for each class, ``[K, C, h, w]``, one backward for the new ones."""
+        with self._lock:
+            missing = list(dict.fromkeys(c for c in classes if c not in self._grads))
+            if missing:
+                n = self.logits.shape[1]
+                onehot = torch.zeros(len(missing), 1, n, device=self.logits.device, dtype=self.logits.dtype)
+                onehot[torch.arange(len(missing)), 0, torch.tensor(missing)] = 1.0
+                grads = self._batched_grad(onehot)
+                grid = to_grid(grads.flatten(0, 1), self.layer) if self.layer is not None else grads.flatten(0, 1)
+                for i, c in enumerate(missing):
+                    self._grads[c] = grid[i].detach()
+            return torch.stack([self._grads[c] for c in classes])
+
+    def _batched_grad(self, onehot: torch.Tensor) -> torch.Tensor:
+        try:
+            (g,) = torch.autograd.grad(
+                self.logits, self._leaf, grad_outputs=onehot, retain_graph=True, is_grads_batched=True
+            )
+            return g
+        except RuntimeError:
+            # Some heads have ops without a batching rule; one backward per class is still exact.
+            parts = [
+                torch.autograd.grad(self.logits, self._leaf, grad_outputs=o, retain_graph=True)[0]
+                for o in onehot
+            ]
+            return torch.stack(parts)
+
+    def nbytes(self) -> int:
+        return int(self.activation.numel() * self.activation.element_size() * 4 + self.input.numel() * 4)
+
+
+@dataclass
+class ModelStats:
+    """Counters a test or a benchmark can read (never reset by the engine)."""
+
+    forward_passes: int = 0
+    captures: int = 0
+    capture_hits: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **counts: int) -> None:
+        with self._lock:
+            for k, v in counts.items():
+                setattr(self, k, getattr(self, k) + v)
+
+
+class Model:
+    """A classifier ready to explain: module (eval mode, shared), categories, preprocessing, layers."""
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        categories: Sequence[str],
+        preprocess: Preprocess,
+        *,
+        device: str | torch.device | None = None,
+        source: str = "",
+        freeze: bool = True,
+        capture_cache: int = 8,
+    ) -> None:
+        self.name = name
+        self.source = source
+        self.device = torch.device(device) if device is not None else _default_device()
+        module = module.to(self.device).eval()
+        if freeze:
+            # Done once, before the model is shared: gradients are only ever taken with respect to
+            # activations and inputs.
+            for p in module.parameters():
+                p.requires_grad_(False)
+        self.module = module
+        self.categories = list(categories)
+        self.preprocess = preprocess
+        example = torch.zeros(1, preprocess.in_channels, preprocess.input_size, preprocess.input_size, device=self.device)
+        self._table: LayerTable = discover(module, example)
+        with torch.no_grad():
+            out = module(example)
+        if out.ndim != 2 or out.shape[1] != len(self.categories):
+            raise ExplainError(
+                f"Model '{name}' outputs {tuple(out.shape)} scores but has {len(self.categories)} category "
+                "names; give one name per output class."
+            )
+        modules = dict(module.named_modules())
+        self._tap_handles = [modules[i.name].register_forward_hook(_tap) for i in self._table.layers]
+        self.stats = ModelStats()
+        self._captures: OrderedDict[tuple, Capture] = OrderedDict()
+        self._capture_limit = capture_cache
+        self._cache_lock = threading.Lock()
+        self._key_locks: dict[tuple, threading.Lock] = {}
+
+    # ---- description -------------------------------------------------------------------------
+    def layers(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Candidate target layers in forward order, each with its ``(C, h, w)`` map grid shape."""
+        return [(i.name, i.shape) for i in self._table.layers]
+
+    @property
+    def default_layer(self) -> str:
+        """Recommended target layer: the last spatial feature map before global pooling."""
+        return self._table.default
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.categories)
+
+    def layer_info(self, layer: str | None) -> LayerInfo:
+        """Details of a candidate layer; ``None`` means the default. Unknown names are an error."""
+        name = layer or self.default_layer
+        info = self._table.get(name)
+        if info is None:
+            names = [i.name for i in self._table.layers]
+            few = ", ".join(names[-5:])
+            raise UnknownLayerError(
+                f"Model '{self.name}' has no candidate layer '{name}'. Valid layers include: {few} "
+                f"({len(names)} in all; default '{self.default_layer}')."
+            )
+        return info
+
+    def class_index(self, target: int | str) -> int:
+        """Validate a class given as index or (case-insensitive) category name."""
+        if isinstance(target, str):
+            key = target.strip().lower()
+            if key.isdigit():
+                return self.class_index(int(key))
+            for i, c in enumerate(self.categories):
+                if c.lower() == key:
+                    return i
+            raise UnknownClassError(f"Model '{self.name}' has no class named {target!r}.")
+        try:
+            index = int(target)  # numpy and torch integers too
+        except (TypeError, ValueError):
+            raise UnknownClassError(f"A class must be an index or a name, not {target!r}.") from None
+        if not 0 <= index < self.num_classes:
+            raise UnknownClassError(
+                f"Class index {index} is out of range: model '{self.name}' has classes 0–{self.num_classes - 1}."
+            )
+        return index
+
+    # ---- computation -------------------------------------------------------------------------
+    def view_and_tensor(self, image: Image.Image, fit: Fit = "squash") -> tuple[Image.Image, torch.Tensor]:
+        """The model's view of ``image`` (PIL) and its normalised input tensor on the model's device."""
+        view = self.preprocess.view(image, fit)
+        return view, self.preprocess.to_tensor(view).to(self.device)
+
+    def predict(self, batch: torch.Tensor) -> torch.Tensor:
+        """Class probabilities ``[B, N]`` of a normalised batch; a plain no-grad forward."""
+        with torch.no_grad():
+            logits = self.module(batch.to(self.device))
+        self.stats.add(forward_passes=1)
+        return torch.softmax(logits.float(), dim=1)
+
+    def capture(self, inputs: torch.Tensor, layer: str | None) -> Capture:
+        """The (cached) capture of one input tensor at one layer; ``INPUT_LAYER`` for input gradients."""
+        layer_name = INPUT_LAYER if layer == INPUT_LAYER else self.layer_info(layer).name
+        key = (_digest(inputs), layer_name)
+        with self._cache_lock:
+            hit = self._captures.get(key)
+            if hit is not None:
+                self._captures.move_to_end(key)
+                self.stats.add(capture_hits=1)
+                return hit
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # two sessions asking for the same capture wait for one forward pass
+            with self._cache_lock:
+                hit = self._captures.get(key)
+            if hit is not None:
+                self.stats.add(capture_hits=1)
+                return hit
+            cap = self._forward_input(inputs) if layer_name == INPUT_LAYER else self._forward_layer(inputs, layer_name)
+            with self._cache_lock:
+                self._captures[key] = cap
+                while len(self._captures) > self._capture_limit:
+                    self._captures.popitem(last=False)
+                self._key_locks.pop(key, None)
+        return cap
+
+    def _forward_layer(self, inputs: torch.Tensor, layer_name: str) -> Capture:
+        info = self.layer_info(layer_name)
+        target = dict(self.module.named_modules())[layer_name]
+        request = _TapRequest(target)
+        token = _ACTIVE_TAP.set(request)
+        grad_mode = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(False)
+            logits = self.module(inputs)
+        finally:
+            torch.set_grad_enabled(grad_mode)
+            _ACTIVE_TAP.reset(token)
+        self.stats.add(forward_passes=1, captures=1)
+        if request.leaf is None:
+            raise ExplainError(f"Layer '{layer_name}' did not run in the forward pass of '{self.name}'.")
+        return Capture(info, inputs, logits, request.leaf)
+
+    def _forward_input(self, inputs: torch.Tensor) -> Capture:
+        x = inputs.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.module(x)
+        self.stats.add(forward_passes=1, captures=1)
+        return Capture(None, x, logits, x)
+
+    def clear_cache(self) -> None:
+        """Drop every kept capture (frees their memory)."""
+        with self._cache_lock:
+            self._captures.clear()
+
+    @property
+    def cached_captures(self) -> int:
+        """How many captures are kept now (bounded by ``capture_cache``)."""
+        return len(self._captures)
+
+    def randomized_copy(self, layers: Iterable[str] = (), *, seed: int = 0) -> "Model":
+        """A deep copy whose named submodules get freshly initialised weights (sanity checks).
+
+        The shared model is only read (deep-copied), never changed.
+        """
+        module = copy.deepcopy(self.module)
+        # The copy carries our taps; drop them, the new Model installs its own.
+        for m in module.modules():
+            m._forward_hooks.clear()
+        gen = torch.random.fork_rng(devices=[])
+        with gen:
+            torch.manual_seed(seed)
+            mods = dict(module.named_modules())
+            for name in layers:
+                for sub in mods[name].modules():
+                    if hasattr(sub, "reset_parameters"):
+                        sub.reset_parameters()
+        return Model(
+            f"{self.name} (randomised)", module, self.categories, self.preprocess,
+            device=self.device, source=self.source, capture_cache=2,
+        )
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, {self.num_classes} classes, default layer {self.default_layer!r}, {self.device})"
+
+
+def _digest(t: torch.Tensor) -> str:
+    data = t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest() + str(tuple(t.shape))
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

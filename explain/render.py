@@ -1,0 +1,191 @@
+"""From raw maps to pictures: normalise → upsample → smooth → colour → overlay. RGB throughout.
+
+Raw maps are never changed in place; every function returns new arrays.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Sequence
+
+import cv2
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .errors import ExplainError
+
+Normalize = Literal["per_map", "shared"]
+NORMALIZATIONS: tuple[str, ...] = ("per_map", "shared")
+COLORMAPS: tuple[str, ...] = ("jet", "viridis", "inferno", "turbo", "magma", "plasma", "gray")
+REGION_THRESHOLD = 0.5  # the "top-activated region": heat at least half of the map's maximum
+
+_EPS = 1e-12
+
+
+def _as_numpy(maps: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(maps, torch.Tensor):
+        maps = maps.detach().to("cpu", torch.float32).numpy()
+    return np.asarray(maps, dtype=np.float32)
+
+
+def normalize_maps(maps: torch.Tensor | np.ndarray, mode: Normalize = "per_map") -> np.ndarray:
+    """Scale maps ``[K, h, w]`` to [0, 1].
+
+    ``per_map``: min–max of each map on its own (every map gets a full-scale peak);
+    ``shared``: one min–max over all maps, so weak evidence for a class looks weak.
+    """
+    m = _as_numpy(maps)
+    if m.ndim == 2:
+        m = m[None]
+    if mode == "per_map":
+        lo = m.min(axis=(1, 2), keepdims=True)
+        hi = m.max(axis=(1, 2), keepdims=True)
+    elif mode == "shared":
+        lo = np.full((1, 1, 1), min(float(m.min()), 0.0), np.float32) if m.size else np.zeros((1, 1, 1), np.float32)
+        hi = np.full((1, 1, 1), float(m.max()) if m.size else 1.0, np.float32)
+    else:
+        raise ExplainError(f"Unknown normalisation {mode!r}: use one of {', '.join(NORMALIZATIONS)}.")
+    span = hi - lo
+    out = np.where(span > _EPS, (m - lo) / np.maximum(span, _EPS), 0.0)
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of ``[K, h, w]`` maps to ``size = (H, W)``."""
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    if tuple(t.shape[-2:]) == tuple(size):
+        return maps.astype(np.float32)
+    up = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
+    return up[:, 0].numpy()
+
+
+def smooth(maps: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur with ``sigma`` in pixels of the upsampled map (0: none)."""
+    if sigma <= 0:
+        return maps
+    return np.stack([cv2.GaussianBlur(m, (0, 0), sigmaX=float(sigma)) for m in maps]).astype(np.float32)
+
+
+def heatmaps(
+    maps: torch.Tensor | np.ndarray,
+    size: tuple[int, int],
+    normalize: Normalize = "per_map",
+    sigma: float = 0.0,
+) -> np.ndarray:
+    """Raw maps → ``[K, H, W]`` float32 in [0, 1] at ``size``: normalise, upsample, smooth."""
+    return np.clip(smooth(upsample(normalize_maps(maps, normalize), size), sigma), 0.0, 1.0)
+
+
+def colorize(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """``[H, W]`` in [0, 1] → ``[H, W, 3]`` uint8 RGB through a matplotlib colormap."""
+    try:
+        cmap = matplotlib.colormaps[colormap]
+    except KeyError:
+        raise ExplainError(f"Unknown colormap {colormap!r}: try one of {', '.join(COLORMAPS)}.") from None
+    rgba = cmap(np.clip(heat, 0.0, 1.0))
+    return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
+
+
+def region_mask(heat: np.ndarray, threshold: float = REGION_THRESHOLD) -> np.ndarray:
+    """Boolean mask of the top-activated region (heat ≥ threshold × max)."""
+    peak = float(heat.max()) if heat.size else 0.0
+    if peak <= 0:
+        return np.zeros(heat.shape, bool)
+    return heat >= threshold * peak
+
+
+def region_box(heat: np.ndarray, threshold: float = REGION_THRESHOLD) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the largest connected top-activated region, or ``None``."""
+    mask = region_mask(heat, threshold).astype(np.uint8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
+    if n <= 1:
+        return None
+    best = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    x, y, w, h = (int(v) for v in stats[best, :4])
+    return x, y, x + w - 1, y + h - 1
+
+
+def overlay(
+    image: Image.Image,
+    heat: np.ndarray,
+    colormap: str = "jet",
+    alpha: float = 0.5,
+    contour: bool = False,
+    box: bool = False,
+    threshold: float = REGION_THRESHOLD,
+) -> Image.Image:
+    """Alpha-blend a coloured ``[H, W]`` heatmap over ``image`` (resized to the image if needed)."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ExplainError(f"Overlay opacity must be between 0 and 1, not {alpha}.")
+    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    h, w = base.shape[:2]
+    if heat.shape != (h, w):
+        heat = upsample(heat[None], (h, w))[0]
+    colour = colorize(heat, colormap).astype(np.float32)
+    out = np.clip((1.0 - alpha) * base + alpha * colour, 0, 255).astype(np.uint8)
+    if contour or box:
+        out = np.ascontiguousarray(out)
+        thickness = max(1, round(min(h, w) / 150))
+        if contour:
+            mask = region_mask(heat, threshold).astype(np.uint8)
+            contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(out, contours, -1, (255, 255, 255), thickness + 1)
+            cv2.drawContours(out, contours, -1, (0, 0, 0), max(1, thickness - 1))
+        if box:
+            b = region_box(heat, threshold)
+            if b is not None:
+                cv2.rectangle(out, b[:2], b[2:], (255, 255, 255), thickness + 1)
+    return Image.fromarray(out)
+
+
+def heatmap_figure(raw: np.ndarray | torch.Tensor, colormap: str = "jet", title: str = "") -> "matplotlib.figure.Figure":
+    """The raw map at its own resolution with a colour bar in its own units (a matplotlib Figure)."""
+    from matplotlib.figure import Figure  # no pyplot: thread-safe in a multi-user server
+
+    m = _as_numpy(raw)
+    fig = Figure(figsize=(4, 3.6), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(m, cmap=colormap, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, shrink=0.85)
+    return fig
+
+
+def grid(
+    tiles: Sequence[Image.Image],
+    captions: Sequence[str] = (),
+    columns: int = 4,
+    tile: int = 224,
+) -> Image.Image:
+    """One picture of several tiles with captions under them (for reports and the CLI)."""
+    from PIL import ImageDraw, ImageFont
+
+    if not tiles:
+        raise ExplainError("Nothing to put in a grid.")
+    columns = max(1, min(columns, len(tiles)))
+    rows = (len(tiles) + columns - 1) // columns
+    cap_h = 22 if captions else 0
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + cap_h)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, columns)
+        x, y = c * tile, r * (tile + cap_h)
+        sheet.paste(t.convert("RGB").resize((tile, tile)), (x, y))
+        if captions and i < len(captions):
+            draw.text((x + 4, y + tile + 4), str(captions[i])[:40], fill="black", font=font)
+    return sheet
+
+
+def to_png_bytes(image: Image.Image) -> bytes:
+    """PNG-encode a PIL image (for download buttons and reports)."""
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,1 @@
+"""Small models that ship with CAM Explorer, trained by scripts in ``scripts/``."""
