@@ -17,6 +17,11 @@ from .preprocess import Fit
 from .render import Normalize
 
 
+# Input gradients are sparse: scale them to their 99th percentile so that more than a handful of
+# pixels is visible (as in Smilkov et al., "SmoothGrad", 2017).
+SALIENCY_CLIP_PERCENTILE = 99.0
+
+
 @dataclass
 class Explanation:
     """Maps of one image for one or more classes, by one method at one layer."""
@@ -35,7 +40,8 @@ class Explanation:
     def heatmaps(self, normalize: Normalize = "per_map", smooth: float = 0.0) -> np.ndarray:
         """``[K, H, W]`` float32 in [0, 1] at the size of the model-view image."""
         w, h = self.image.size
-        return render.heatmaps(self.maps, (h, w), normalize, smooth)
+        clip = SALIENCY_CLIP_PERCENTILE if self.method == "saliency" else None
+        return render.heatmaps(self.maps, (h, w), normalize, smooth, clip)
 
     def overlays(
         self,

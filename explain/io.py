@@ -13,7 +13,7 @@ import io
 import os
 import pathlib
 import warnings
-from typing import BinaryIO, Union
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -28,7 +28,7 @@ __all__ = [
     "load_image",
 ]
 
-ImageSource = Union[bytes, bytearray, memoryview, str, os.PathLike, BinaryIO]
+ImageSource = bytes | bytearray | memoryview | str | os.PathLike | BinaryIO
 
 #: File extensions to offer in upload widgets. Loading itself sniffs the content, so this list
 #: only steers users towards formats that are known to work well.
@@ -101,7 +101,7 @@ def load_image(
         raise ImageLoadError(
             f"{label} needs more memory to decode than is available; please upload a smaller image."
         ) from None
-    except Exception as exc:  # noqa: BLE001 - the contract is that only ImageLoadError escapes
+    except Exception as exc:  # the contract is that only ImageLoadError escapes
         raise ImageLoadError(
             f"Could not read {_lower_first(label)} ({_describe(exc)}); "
             f"please re-save it as {_FORMATS_HINT} and try again."
@@ -124,7 +124,9 @@ def _read_source(source: ImageSource, name: str | None) -> tuple[bytes, str | No
         except IsADirectoryError:
             raise ImageLoadError(f"{label} is a folder, not an image file; please pick a file.") from None
         except PermissionError:
-            raise ImageLoadError(f"{label} cannot be opened (permission denied); please check its permissions.") from None
+            raise ImageLoadError(
+                f"{label} cannot be opened (permission denied); please check its permissions."
+            ) from None
         except OSError as exc:
             raise ImageLoadError(f"{label} could not be read ({_describe(exc)}); please try again.") from exc
 
@@ -137,7 +139,7 @@ def _read_source(source: ImageSource, name: str | None) -> tuple[bytes, str | No
         label = _label(name)
         try:
             data = source.getvalue() if hasattr(source, "getvalue") else source.read()
-        except Exception as exc:  # noqa: BLE001 - any failing stream is the user's upload failing
+        except Exception as exc:  # any failing stream is the user's upload failing
             raise ImageLoadError(
                 f"{label} could not be read ({_describe(exc)}); please try uploading it again."
             ) from exc
@@ -149,14 +151,12 @@ def _read_source(source: ImageSource, name: str | None) -> tuple[bytes, str | No
             data = b""
         try:
             return bytes(data), name
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise ImageLoadError(
                 f"{label} could not be read ({_describe(exc)}); please try uploading it again."
             ) from exc
 
-    raise TypeError(
-        f"load_image expects bytes, a path or a binary file object, not {type(source).__name__}"
-    )
+    raise TypeError(f"load_image expects bytes, a path or a binary file object, not {type(source).__name__}")
 
 
 def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
@@ -166,8 +166,9 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
 
     allowed = [fmt for fmt in _registered_formats() if fmt not in _BLOCKED_FORMATS]
 
-    # The bomb warning becomes an error only inside this block: PIL's global limits stay untouched
-    # for the rest of the process (and for other threads' semantics as far as catch_warnings allows).
+    # Only inside this block is PIL's bomb warning an error; PIL's global MAX_IMAGE_PIXELS stays as
+    # it is. (catch_warnings swaps the process-wide filter list, so a thread loading at the same
+    # moment may briefly see the same filter; that only affects this one PIL warning.)
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
@@ -177,7 +178,7 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
         except UnidentifiedImageError:
             raise ImageLoadError(_unidentified_message(data, label)) from None
         except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError) as exc:
-            raise _corrupt(label, None, exc) from exc
+            raise _corrupt(label, _sniff_format(data), exc) from exc
 
         fmt = img.format
         width, height = img.size
@@ -193,7 +194,7 @@ def _decode(data: bytes, label: str, max_pixels: int) -> Image.Image:
             raise _too_large(label, (width, height), max_pixels) from None
         except MemoryError:
             raise
-        except Exception as exc:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error, ...
+        except Exception as exc:  # decoders raise OSError, SyntaxError, struct.error, ...
             raise _corrupt(label, fmt, exc) from exc
 
     source_mode = img.mode
@@ -223,7 +224,7 @@ def _frame_count(img: Image.Image, label: str) -> int:
         n_frames = 1
     try:
         img.seek(0)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise _corrupt(label, img.format, exc) from exc
     return max(n_frames, 1)
 
@@ -314,28 +315,27 @@ def _too_large(label: str, size: tuple[int, int] | None, max_pixels: int) -> Ima
     else:
         w, h = size
         detail = f"is too large ({w}x{h} = {w * h / 1e6:.1f} megapixels, limit {limit})"
-    return ImageLoadError(
-        f"{label} {detail}, which could exhaust memory; please downscale it before uploading."
-    )
+    return ImageLoadError(f"{label} {detail}, which could exhaust memory; please downscale it before uploading.")
 
 
 def _corrupt(label: str, fmt: str | None, exc: BaseException) -> ImageLoadError:
-    kind = f"{fmt} file" if fmt else "file"
-    return ImageLoadError(
-        f"{label} looks like a {kind} but is truncated or corrupt ({_describe(exc)}); "
-        "please re-download or re-export it."
-    )
+    start = f"{label} looks like a {fmt} file but is" if fmt else f"{label} is"
+    return ImageLoadError(f"{start} truncated or corrupt ({_describe(exc)}); please re-download or re-export it.")
+
+
+def _sniff_format(data: bytes) -> str | None:
+    for magic, fmt in _IMAGE_MAGIC:
+        if data.startswith(magic):
+            return fmt
+    return None
 
 
 def _unidentified_message(data: bytes, label: str) -> str:
     """Say what the bytes look like when no image decoder accepted them."""
     head = data[:4096]
-    for magic, fmt in _IMAGE_MAGIC:
-        if head.startswith(magic):
-            return (
-                f"{label} starts like a {fmt} file but is truncated or corrupt; "
-                "please re-download or re-export it."
-            )
+    fmt = _sniff_format(head)
+    if fmt is not None:
+        return f"{label} starts like a {fmt} file but is truncated or corrupt; please re-download or re-export it."
 
     if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
         return (
@@ -366,10 +366,7 @@ def _as_text(head: bytes) -> str | None:
     """Decode ``head`` as text if it plausibly is text, else None."""
     for bom, codec in ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
         if head.startswith(bom):
-            try:
-                return head[len(bom):].decode(codec, errors="ignore")
-            except Exception:  # noqa: BLE001
-                return None
+            return head[len(bom) :].decode(codec, errors="ignore")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -384,7 +381,13 @@ def _as_text(head: bytes) -> str | None:
 
 
 def _label(name: str | None) -> str:
-    return f"The file '{name}'" if name else "The image"
+    if not name:
+        return "The image"
+    # Upload names are user-controlled: keep the message on one line and of sane length.
+    clean = " ".join(str(name).split())
+    if len(clean) > 80:
+        clean = clean[:38] + "..." + clean[-39:]
+    return f"The file '{clean}'"
 
 
 def _lower_first(label: str) -> str:

@@ -30,21 +30,30 @@ def _as_numpy(maps: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(maps, dtype=np.float32)
 
 
-def normalize_maps(maps: torch.Tensor | np.ndarray, mode: Normalize = "per_map") -> np.ndarray:
+def normalize_maps(
+    maps: torch.Tensor | np.ndarray, mode: Normalize = "per_map", clip_percentile: float | None = None
+) -> np.ndarray:
     """Scale maps ``[K, h, w]`` to [0, 1].
 
     ``per_map``: min–max of each map on its own (every map gets a full-scale peak);
     ``shared``: one min–max over all maps, so weak evidence for a class looks weak.
+    ``clip_percentile`` (e.g. 99) takes that percentile as the top of the scale instead of the
+    maximum: input-gradient maps are so sparse that a handful of pixels would otherwise take the
+    whole colour range.
     """
     m = _as_numpy(maps)
     if m.ndim == 2:
         m = m[None]
     if mode == "per_map":
         lo = m.min(axis=(1, 2), keepdims=True)
-        hi = m.max(axis=(1, 2), keepdims=True)
+        if clip_percentile is not None and m.size:
+            hi = np.percentile(m, clip_percentile, axis=(1, 2), keepdims=True).astype(np.float32)
+        else:
+            hi = m.max(axis=(1, 2), keepdims=True)
     elif mode == "shared":
         lo = np.full((1, 1, 1), min(float(m.min()), 0.0), np.float32) if m.size else np.zeros((1, 1, 1), np.float32)
-        hi = np.full((1, 1, 1), float(m.max()) if m.size else 1.0, np.float32)
+        top = float(np.percentile(m, clip_percentile)) if clip_percentile is not None and m.size else None
+        hi = np.full((1, 1, 1), top if top is not None else (float(m.max()) if m.size else 1.0), np.float32)
     else:
         raise ExplainError(f"Unknown normalisation {mode!r}: use one of {', '.join(NORMALIZATIONS)}.")
     span = hi - lo
@@ -73,9 +82,11 @@ def heatmaps(
     size: tuple[int, int],
     normalize: Normalize = "per_map",
     sigma: float = 0.0,
+    clip_percentile: float | None = None,
 ) -> np.ndarray:
     """Raw maps → ``[K, H, W]`` float32 in [0, 1] at ``size``: normalise, upsample, smooth."""
-    return np.clip(smooth(upsample(normalize_maps(maps, normalize), size), sigma), 0.0, 1.0)
+    normed = normalize_maps(maps, normalize, clip_percentile)
+    return np.clip(smooth(upsample(normed, size), sigma), 0.0, 1.0)
 
 
 def colorize(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:

@@ -9,9 +9,7 @@ __all__ = ["SAMPLES_DIR", "SAMPLE_EXTENSIONS", "list_samples", "sample_title"]
 SAMPLES_DIR: pathlib.Path = pathlib.Path(__file__).resolve().parent.parent / "assets" / "samples"
 
 #: Suffixes counted as sample images; README.md and anything else in the folder are skipped.
-SAMPLE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-)
+SAMPLE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 
 
 def sample_title(path: pathlib.Path | str) -> str:
@@ -31,7 +29,11 @@ def list_samples(directory: pathlib.Path | None = None) -> list[tuple[str, pathl
     if not folder.is_dir():
         return []
     files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SAMPLE_EXTENSIONS),
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in SAMPLE_EXTENSIONS
+        ),
         key=lambda p: p.name.lower(),
     )
     return [(sample_title(p), p) for p in files]

@@ -73,8 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     for filename, img in build_samples().items():
         path = args.out / filename
         img.save(path, "JPEG", quality=JPEG_QUALITY, optimize=True)
-        print(f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {img.width}x{img.height}, "
-              f"{path.stat().st_size // 1024} KiB")
+        print(
+            f"{path.relative_to(REPO) if path.is_relative_to(REPO) else path}: {img.width}x{img.height}, "
+            f"{path.stat().st_size // 1024} KiB"
+        )
 
 
 if __name__ == "__main__":

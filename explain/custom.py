@@ -1,0 +1,199 @@
+"""Bring your own model: a ``state_dict`` for a torchvision architecture or the built-in LeNet.
+
+Nothing uploaded is ever unpickled as code: ``.pt``/``.pth`` files go through
+``torch.load(weights_only=True)``, which only rebuilds tensors and plain containers, and
+``.safetensors`` files hold no code at all. The number of classes and input channels are read
+from the weights themselves; a file that does not fit is a clear error naming the first
+mismatching keys or shapes.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+from typing import Mapping
+
+import torch
+from torch import nn
+from torchvision.models import get_model, get_model_weights
+
+from .errors import ExplainError, WeightsMismatchError
+from .model import Model
+from .preprocess import Preprocess
+from .registry import torchvision_names
+from .zoo.checks import check_state_dict
+
+LENET = "lenet"
+MAX_LABELS_BYTES = 1_000_000
+
+
+def custom_architectures() -> list[str]:
+    """Architectures a state dict can be loaded into: the built-in LeNet, then torchvision's."""
+    return [LENET] + torchvision_names()
+
+
+def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
+    """Tensors of a ``.safetensors`` or ``.pt``/``.pth`` file, never executing code from it."""
+    name = filename.lower()
+    if not data:
+        raise WeightsMismatchError(f"'{filename}' is empty (0 bytes).")
+    if name.endswith(".safetensors"):
+        from safetensors.torch import load as load_safetensors
+
+        try:
+            state = load_safetensors(data)
+        except Exception as exc:  # noqa: BLE001 - any parse failure means a corrupt file
+            raise WeightsMismatchError(f"'{filename}' is not a valid .safetensors file ({exc}).") from None
+    elif name.endswith((".pt", ".pth", ".bin", ".ckpt")):
+        try:
+            obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+            what = f" ({found.group(1)})" if found else ""
+            raise WeightsMismatchError(
+                f"'{filename}' was refused: it contains Python objects other than tensors{what}, "
+                "e.g. code or a whole pickled model, which are never loaded here. Save "
+                "`model.state_dict()` instead."
+            ) from None
+        except Exception as exc:  # noqa: BLE001 - truncated zip, garbage bytes, …
+            raise WeightsMismatchError(
+                f"'{filename}' could not be read as PyTorch weights ({type(exc).__name__}); is it complete?"
+            ) from None
+        state = _unwrap(obj, filename)
+    else:
+        raise WeightsMismatchError(f"'{filename}': use a .pt, .pth or .safetensors file holding a state_dict.")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise WeightsMismatchError(f"'{filename}': entries {', '.join(map(str, bad[:5]))} are not tensors.")
+    return state
+
+
+def _unwrap(obj: object, filename: str) -> dict[str, torch.Tensor]:
+    """Accept a bare state dict, a training checkpoint around one, and DataParallel prefixes."""
+    if isinstance(obj, Mapping):
+        for key in ("state_dict", "model_state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+        state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+        if not state:
+            raise WeightsMismatchError(f"'{filename}' holds no tensors: save `model.state_dict()`.")
+        if all(k.startswith("module.") for k in state):
+            state = {k[len("module."):]: v for k, v in state.items()}
+        return state
+    raise WeightsMismatchError(f"'{filename}' holds a {type(obj).__name__}, not a state_dict.")
+
+
+def read_labels(data: bytes, filename: str = "labels") -> list[str]:
+    """Class names from a text file (one per line) or a JSON list."""
+    if len(data) > MAX_LABELS_BYTES:
+        raise ExplainError(f"'{filename}' is too large for a labels file (over 1 MB).")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ExplainError(f"'{filename}' is not UTF-8 text; give one class name per line or a JSON list.") from None
+    stripped = text.strip()
+    if stripped.startswith("["):
+        try:
+            labels = json.loads(stripped)
+        except json.JSONDecodeError as exc:
+            raise ExplainError(f"'{filename}' looks like JSON but does not parse: {exc.msg} (line {exc.lineno}).") from None
+        if not isinstance(labels, list) or not all(isinstance(x, (str, int, float)) for x in labels):
+            raise ExplainError(f"'{filename}' must be a JSON list of names.")
+        return [str(x) for x in labels]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _final_linear(module: nn.Module) -> str:
+    last = ""
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Linear):
+            last = name
+    if not last:
+        raise ExplainError("This architecture has no linear classifier layer.")
+    return last
+
+
+def _first_conv(module: nn.Module) -> str:
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Conv2d):
+            return name
+    raise ExplainError("This architecture has no convolution to take the image.")
+
+
+def _replace(module: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = module.get_submodule(parent_name) if parent_name else module
+    setattr(parent, child, new)
+
+
+def build_custom(
+    arch: str,
+    state: dict[str, torch.Tensor],
+    *,
+    source: str = "weights",
+    labels: list[str] | None = None,
+    input_size: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    device: str | None = None,
+) -> Model:
+    """A :class:`Model` of ``arch`` holding ``state``; classes and channels are read from the weights."""
+    if arch == LENET:
+        from .zoo.lenet import LeNet
+
+        fc = state.get("fc.weight")
+        conv = state.get(f"{_first_conv(LeNet())}.weight")
+        if fc is None or conv is None:
+            raise WeightsMismatchError(f"{source} does not fit LeNet: it needs 'fc.weight' and convolution weights.")
+        module: nn.Module = LeNet(num_classes=int(fc.shape[0]), in_channels=int(conv.shape[1]))
+        size = input_size or 32
+        in_ch = int(conv.shape[1])
+        pre = Preprocess(size, size, mean or (0.5,) * in_ch, std or (0.5,) * in_ch, in_channels=in_ch)
+    elif arch in torchvision_names():
+        probe = get_model(arch, weights=None)
+        head = _final_linear(probe)
+        key = f"{head}.weight"
+        if key not in state:
+            raise WeightsMismatchError(
+                f"{source} does not fit {arch}: it has no '{key}' (the classifier). First keys in the file: "
+                f"{', '.join(list(state)[:5])}."
+            )
+        n = int(state[key].shape[0])
+        module = get_model(arch, weights=None, num_classes=n) if n != 1000 else probe
+        conv_name = _first_conv(module)
+        in_ch = int(state.get(f"{conv_name}.weight", torch.empty(0, 3)).shape[1])
+        if in_ch != 3:
+            old = module.get_submodule(conv_name)
+            assert isinstance(old, nn.Conv2d)
+            _replace(module, conv_name, nn.Conv2d(
+                in_ch, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+                old.groups, old.bias is not None, old.padding_mode,
+            ))
+        base = Preprocess.from_torchvision(get_model_weights(arch).DEFAULT.transforms())
+        size = input_size or base.input_size
+        if in_ch == 3:
+            pre = Preprocess(size, int(round(size * base.resize_size / base.input_size)), mean or base.mean,
+                             std or base.std, base.interpolation)
+        else:
+            pre = Preprocess(size, size, mean or (0.5,) * in_ch, std or (0.5,) * in_ch, base.interpolation, in_channels=in_ch)
+    else:
+        raise ExplainError(f"Unknown architecture '{arch}': choose '{LENET}' or a torchvision classifier name.")
+    check_state_dict(module, state, source=source)
+    module.load_state_dict(state)
+    n_classes = int(state[f"{_final_linear(module)}.weight"].shape[0])
+    if labels is None:
+        labels = [f"class {i}" for i in range(n_classes)]
+    if len(labels) != n_classes:
+        raise ExplainError(
+            f"The labels file has {len(labels)} names but the weights have {n_classes} classes; give one name per class."
+        )
+    name = f"custom:{arch}:{_safe(source)}"
+    return Model(name, module, labels, pre, device=device, source="custom")
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60]
