@@ -50,8 +50,12 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-            what = f" ({found.group(1)})" if found else ""
+            found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+            if found is None:
+                raise WeightsMismatchError(
+                    f"'{filename}' could not be read as PyTorch weights (not a saved state_dict); is it complete?"
+                ) from None
+            what = f" ({found.group(1)})"
             raise WeightsMismatchError(
                 f"'{filename}' was refused: it contains Python objects other than tensors{what}, "
                 "e.g. code or a whole pickled model, which are never loaded here. Save "
