@@ -8,7 +8,7 @@ feature both use it.
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 from torch import nn
@@ -60,6 +60,4 @@ def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], *, so
     if mismatched:
         problems.append(f"shape mismatch: {_listed(mismatched)}")
     if problems:
-        raise WeightsMismatchError(
-            f"{source} does not fit {type(module).__name__}: " + "; ".join(problems)
-        )
+        raise WeightsMismatchError(f"{source} does not fit {type(module).__name__}: " + "; ".join(problems))

@@ -164,9 +164,7 @@ def split_indices(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
-    train, test = train_test_split(
-        idx, test_size=SPLIT_TEST_SIZE, random_state=SPLIT_RANDOM_STATE, stratify=labels
-    )
+    train, test = train_test_split(idx, test_size=SPLIT_TEST_SIZE, random_state=SPLIT_RANDOM_STATE, stratify=labels)
     return np.sort(train), np.sort(test)
 
 

@@ -1,0 +1,284 @@
+"""Command line: explain one or more pictures and write maps, overlays and a JSON summary.
+
+    python -m explain cat.jpg coffee.jpg --method gradcam++ --targets top3 --out out/
+
+Exit codes: 0 every image done; 1 some image could not be read (the others are still done);
+2 a usage error (unknown model, layer, method, class, colormap, bad option value) found before
+any image is processed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TextIO
+
+import matplotlib
+import numpy as np
+
+from . import COLORMAPS, DEFAULT_MODEL, FITS, METHODS, NORMALIZATIONS
+from .errors import ExplainError, UnknownClassError
+from .explanation import explain
+from .io import load_image
+from .methods import Method, get_method
+from .model import Model
+from .registry import load_model
+
+EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE = 0, 1, 2
+MAX_TOP = 20  # more overlays than this per image is almost surely a typo
+DEFAULT_PREDICTIONS = 5
+
+_DESCRIPTION = """\
+Explain what an image classifier looked at: for each IMAGE, compute class activation maps
+(CAM, Grad-CAM and relatives) and write into --out DIR
+
+  <stem>.json                       model, layer, method, top predictions, targets, settings
+  <stem>_maps.npy                   raw maps, float32 [K, h, w] (one map per target class)
+  <stem>_<method>_<class>.png       one heatmap overlay per target class
+
+<stem> is the image's file name without its extension (suffixed _2, _3, ... when two inputs share
+it). <method> is made filename-safe: '+' becomes 'p' (gradcam++ -> gradcampp) and anything other
+than letters and digits is dropped. Exit code 0: all images done; 1: some image could not be read
+(the others are still written); 2: bad option (unknown model, layer, method, class, ...)."""
+
+_EPILOG = """\
+examples:
+  python -m explain cat.jpg --out out/
+      Grad-CAM of the top-1 class with the default model (efficientnet_lite0)
+  python -m explain a.jpg b.png --method gradcam++ --targets 281,285 --normalize shared --out out/
+      Grad-CAM++ for 'tabby' (281) and 'Egyptian cat' (285), on one shared colour scale"""
+
+
+class UsageError(Exception):
+    """A bad option, reported as one line with exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``error: ...``) like every other CLI error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} (see --help)\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """``top`` > 0: the top-N predicted classes; otherwise the explicit ``classes`` (indices or names)."""
+
+    top: int = 0
+    classes: tuple[str, ...] = ()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m explain``."""
+    p = _Parser(
+        prog="python -m explain",
+        description=_DESCRIPTION,
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="picture files (JPEG, PNG, WebP, BMP, GIF, TIFF)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
+    p.add_argument("--layer", default=None, help="target layer (default: the model's last feature map; saliency ignores it)")
+    p.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)} (default: gradcam)")
+    p.add_argument(
+        "--targets", default="top1",
+        help=f"classes to explain: topN (N = 1..{MAX_TOP}, default top1) or a comma list of class "
+        "indices or class names (exact, or a part that fits one class only), e.g. 281,285 or tabby,285",
+    )
+    p.add_argument("--normalize", default="per_map", help="per_map (each map full scale, default) or shared")
+    p.add_argument("--colormap", default="jet", help=f"overlay colours: {', '.join(COLORMAPS)} (default: jet)")
+    p.add_argument("--alpha", default=0.5, type=float, help="overlay opacity in [0, 1] (default: 0.5)")
+    p.add_argument("--fit", default="squash", help="squash (whole picture, default) or crop (centre crop)")
+    p.add_argument(
+        "--weights", default="default",
+        help="default (real weights; torchvision models need them cached) or none (random init)",
+    )
+    return p
+
+
+def parse_targets(text: str) -> TargetSpec:
+    """Parse ``--targets``: ``topN`` or a comma list; raises :class:`UsageError` on bad syntax."""
+    value = text.strip()
+    top = re.fullmatch(r"top(\d+)", value, flags=re.IGNORECASE)
+    if top:
+        n = int(top.group(1))
+        if not 1 <= n <= MAX_TOP:
+            raise UsageError(f"--targets {value}: N must be between 1 and {MAX_TOP}")
+        return TargetSpec(top=n)
+    if value.lower() == "top":
+        raise UsageError(f"--targets {value}: say how many, e.g. top3")
+    items = tuple(s.strip() for s in value.split(","))
+    if not value or any(not s for s in items):
+        raise UsageError(f"--targets {text!r}: use topN or a comma list of class indices or names, e.g. 281,285")
+    return TargetSpec(classes=tuple(dict.fromkeys(items)))  # duplicates would overwrite one PNG
+
+
+def resolve_class(model: Model, item: str) -> int:
+    """A class index from an index or a name; a name must match exactly one class."""
+    if item.lstrip("-").isdigit():
+        return model.class_index(int(item))
+    key = item.lower()
+    exact = [i for i, c in enumerate(model.categories) if c.lower() == key]
+    matches = exact or [i for i, c in enumerate(model.categories) if key in c.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise UnknownClassError(f"Model '{model.name}' has no class named {item!r}; give its index instead.")
+    shown = ", ".join(f"{i} ({model.categories[i]})" for i in matches[:6])
+    more = f" and {len(matches) - 6} more" if len(matches) > 6 else ""
+    raise UnknownClassError(f"Class name {item!r} is ambiguous: {shown}{more}; give the index instead.")
+
+
+def method_slug(name: str) -> str:
+    """Filename-safe method name: ``gradcam++`` → ``gradcampp``."""
+    return re.sub(r"[^A-Za-z0-9]", "", name.replace("+", "p"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (0 ok, 1 some image failed, 2 usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        method, targets = _check_options(args)
+        model = _load(args)
+        if not method.input_layer:
+            model.layer_info(args.layer)  # UnknownLayerError before any image is read
+            method.check(model, args.layer or model.default_layer)
+        classes = [resolve_class(model, c) for c in targets.classes]
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+    except (UsageError, ExplainError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except OSError as exc:
+        _error(f"cannot create the output folder {args.out}: {exc.strerror or exc}")
+        return EXIT_USAGE
+
+    failed = 0
+    stems: set[str] = set()
+    for image in args.images:
+        stem = _unique_stem(pathlib.Path(image).stem or "image", stems)
+        try:
+            _explain_one(model, method, args, image, targets, classes, out, stem)
+        except (ExplainError, OSError) as exc:
+            _error(f"{image}: {_reason(exc)}")
+            failed += 1
+    return EXIT_IMAGE_FAILED if failed else EXIT_OK
+
+
+def _check_options(args: argparse.Namespace) -> tuple[Method, TargetSpec]:
+    """Everything that can be checked without the model."""
+    method = get_method(args.method)
+    if args.colormap not in COLORMAPS and args.colormap not in matplotlib.colormaps:
+        raise UsageError(f"unknown colormap {args.colormap!r}: use one of {', '.join(COLORMAPS)}")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise UsageError(f"--alpha {args.alpha}: the overlay opacity must be between 0 and 1")
+    if args.normalize not in NORMALIZATIONS:
+        raise UsageError(f"unknown normalization {args.normalize!r}: use one of {', '.join(NORMALIZATIONS)}")
+    if args.fit not in FITS:
+        raise UsageError(f"unknown fit {args.fit!r}: use one of {', '.join(FITS)}")
+    if args.weights.lower() not in ("default", "none"):
+        raise UsageError(f"unknown weights {args.weights!r}: use default or none")
+    return method, parse_targets(args.targets)
+
+
+def _load(args: argparse.Namespace) -> Model:
+    weights = None if args.weights.lower() == "none" else "default"
+    return load_model(args.model, weights=weights)
+
+
+def _explain_one(
+    model: Model,
+    method: Method,
+    args: argparse.Namespace,
+    image_path: str,
+    targets: TargetSpec,
+    classes: list[int],
+    out: pathlib.Path,
+    stem: str,
+) -> None:
+    image = load_image(image_path)
+    top_k = max(DEFAULT_PREDICTIONS, targets.top)
+    if targets.top:
+        r = explain(model, image, None, args.layer, method.name, top_k, args.fit)
+        if targets.top > 1:
+            # The capture is cached by the model, so this repeats only the backward pass.
+            chosen = [i for i, _, _ in r.predictions[: targets.top]]
+            r = explain(model, image, chosen, args.layer, method.name, top_k, args.fit)
+    else:
+        r = explain(model, image, classes, args.layer, method.name, top_k, args.fit)
+
+    overlays = r.overlays(args.normalize, args.colormap, args.alpha)
+    slug = method_slug(r.method)
+    names = [f"{stem}_{slug}_{c}.png" for c in r.targets]
+    maps_name = f"{stem}_maps.npy"
+    np.save(out / maps_name, r.maps.numpy().astype(np.float32, copy=False))
+    for pic, name in zip(overlays, names):
+        pic.save(out / name, format="PNG")
+    summary = {
+        "image": image_path,
+        "model": r.model_name,
+        "weights": args.weights.lower(),
+        "layer": r.layer,
+        "method": r.method,
+        "fit": args.fit,
+        "normalize": args.normalize,
+        "colormap": args.colormap,
+        "alpha": args.alpha,
+        "predictions": [{"index": i, "name": n, "prob": p} for i, n, p in r.predictions],
+        "targets": [{"index": c, "name": n, "prob": r.prob(c)} for c, n in zip(r.targets, r.target_names)],
+        "maps": maps_name,
+        "map_shape": list(r.maps.shape),
+        "overlays": names,
+        "notices": list(r.notices),
+    }
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    arrow = _arrow(sys.stdout)
+    label = pathlib.Path(image_path).name
+    for c, n, name in zip(r.targets, r.target_names, names):
+        print(f"{label}: {n} ({100 * r.prob(c):.1f}%) {arrow} {out / name}")
+
+
+def _unique_stem(stem: str, used: set[str]) -> str:
+    """``stem``, or ``stem_2``, ``stem_3`` ... when another input already wrote that stem."""
+    candidate, n = stem, 1
+    while candidate in used:
+        n += 1
+        candidate = f"{stem}_{n}"
+    used.add(candidate)
+    return candidate
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f" ({exc.filename})" if exc.filename else ""
+        return f"{exc.strerror}{where}"
+    return str(exc)
+
+
+def _error(message: str) -> None:
+    text = " ".join(message.split())  # always one line
+    # Engine messages are sentences ("Unknown method ..."); after "error:" they read lower-case,
+    # but acronyms ("CAM does not apply") keep their capitals.
+    if len(text) > 1 and text[0].isupper() and text[1].islower():
+        text = text[0].lower() + text[1:]
+    sys.stderr.write(f"error: {text}\n")
+
+
+def _arrow(stream: TextIO) -> str:
+    """'→' where the terminal's encoding has it, '->' otherwise."""
+    try:
+        "→".encode(getattr(stream, "encoding", None) or "ascii")
+        return "→"
+    except (UnicodeEncodeError, LookupError):
+        return "->"

@@ -1,0 +1,73 @@
+"""Compare classes: one image, several classes, one batched explanation, one grid of overlays."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import explain
+from ui import resources, state, views, widgets
+
+COLUMNS = 5
+MAX_CLASSES = 10
+SHARED_WHY = (
+    "**Shared scale** puts every map on one colour scale, so a class the model sees little evidence "
+    "for stays dim; **per map** stretches each map to its own maximum, which makes weak evidence look "
+    "as strong as the winner's."
+)
+
+
+with views.guard("comparing classes"):
+    sel = views.need_selection()
+    m = resources.get_model(sel.model_name)
+    ss = st.session_state
+    st.header("Compare classes")
+    st.caption(f"Which parts of the same picture speak for each class? {views.md_escape(explain.TITLES[sel.method])} "
+               f"at layer {views.md_escape(sel.layer)}.")
+
+    # Default: the top-5 of this image, again whenever the model or the image change.
+    context = (m.name, sel.image_digest)
+    chosen = ss.get(state.COMPARE_CLASSES)
+    if ss.get(state.COMPARE_CONTEXT) != context or not isinstance(chosen, list) or any(
+        not isinstance(c, int) or not 0 <= c < m.num_classes for c in chosen
+    ):
+        ss[state.COMPARE_CLASSES] = [i for i, _n, _p in sel.predictions]
+        ss[state.COMPARE_CONTEXT] = context
+    # Mirrors the sidebar's colour-scale radio both ways.
+    ss[state.SHARED_SCALE] = sel.normalize == "shared"
+
+    picker, buttons = st.columns([4, 1], vertical_alignment="bottom")
+    categories = m.categories
+    picker.multiselect(
+        "Classes", range(m.num_classes), key=state.COMPARE_CLASSES, max_selections=MAX_CLASSES,
+        format_func=lambda i: views.class_label(categories, i), placeholder="Type to search classes…",
+    )
+    course = widgets.course_classes(m)
+    if course:
+        buttons.button(
+            "Course classes", on_click=widgets.on_change_set(state.COMPARE_CLASSES, lambda: list(course)),
+            help=", ".join(widgets.COURSE_CLASSES), width="stretch",
+        )
+    shared = st.toggle(
+        "Shared scale", key=state.SHARED_SCALE,
+        on_change=widgets.on_change_set(
+            state.NORMALIZE, lambda: "shared" if st.session_state[state.SHARED_SCALE] else "per_map"
+        ),
+    )
+    st.caption(SHARED_WHY)
+
+    classes = list(ss[state.COMPARE_CLASSES])
+    if not classes:
+        st.info("Pick at least one class above.")
+        st.stop()
+    try:
+        r = views.run_explain(m, sel, classes)
+    except explain.MethodNotApplicableError as err:
+        st.warning(views.md_escape(err))
+        st.stop()
+    tiles = views.overlays(r, sel, normalize="shared" if shared else "per_map")
+    for row in range(0, len(tiles), COLUMNS):
+        cols = st.columns(COLUMNS)
+        for col, tile, cls in zip(cols, tiles[row : row + COLUMNS], r.targets[row : row + COLUMNS]):
+            caption = f"{views.class_label(categories, cls)} — {views.percent(r.prob(cls))}"
+            col.image(tile, caption=views.md_escape(caption), width="stretch")
+    views.show_notices(r)

@@ -1,0 +1,54 @@
+"""Compare methods & layers: methods across, layers down, one overlay per cell for the current class."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import explain
+from ui import resources, state, views, widgets
+
+DEFAULT_METHODS = ("gradcam", "gradcam++", "cam", "layercam")
+
+
+with views.guard("comparing methods and layers"):
+    sel = views.need_selection()
+    m = resources.get_model(sel.model_name)
+    ss = st.session_state
+    st.header("Compare methods & layers")
+    st.caption(f"Every cell explains {views.md_escape(views.class_label(m.categories, sel.target))}.")
+
+    layers = m.layers()
+    names = [n for n, _ in layers]
+    shapes = dict(layers)
+    if ss.get(state.GRID_CONTEXT) != m.name or any(n not in names for n in ss.get(state.COMPARE_LAYERS, [])):
+        ss[state.COMPARE_LAYERS] = widgets.grid_default_layers(m)
+        ss[state.GRID_CONTEXT] = m.name
+    ss.setdefault(state.COMPARE_METHODS, list(DEFAULT_METHODS))
+
+    c1, c2 = st.columns(2)
+    methods = c1.multiselect("Methods (across)", explain.METHODS, key=state.COMPARE_METHODS,
+                             format_func=lambda k: explain.TITLES.get(k, k))
+    chosen = c2.multiselect("Layers (down)", names, key=state.COMPARE_LAYERS,
+                            format_func=lambda n: widgets.layer_label(m, n, shapes[n]))
+    rows = sorted(chosen, key=names.index)
+    if not methods or not rows:
+        st.info("Pick at least one method and one layer.")
+        st.stop()
+
+    cells = len(methods) * len(rows)
+    with st.spinner(f"Computing {cells} maps…"):
+        header = st.columns(len(methods))
+        for col, method in zip(header, methods):
+            col.markdown(f"**{views.md_escape(explain.TITLES.get(method, method))}**")
+        for layer in rows:
+            st.markdown(f"**{views.md_escape(widgets.layer_label(m, layer, shapes[layer]))}**")
+            for col, method in zip(st.columns(len(methods)), methods):
+                with col:
+                    try:
+                        explain.get_method(method).check(m, layer)
+                        r = views.run_explain(m, sel, [sel.target], layer=layer, method=method)
+                    except explain.MethodNotApplicableError as err:
+                        views.not_applicable(err)
+                        continue
+                    title = explain.TITLES.get(method, method)
+                    st.image(views.overlays(r, sel)[0], caption=views.md_escape(f"{title} · {layer}"), width="stretch")

@@ -1,0 +1,46 @@
+"""Explain: the image as the model saw it, the raw map with its colour bar, and the overlay."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+import explain
+from explain import render
+from ui import resources, state, views
+
+with views.guard("explaining the image"):
+    sel = views.need_selection()
+    m = resources.get_model(sel.model_name)
+    title = explain.TITLES.get(sel.method, sel.method)
+    st.header("Where did the model look?")
+    try:
+        r = views.run_explain(m, sel, [sel.target])
+    except explain.MethodNotApplicableError as err:
+        st.warning(views.md_escape(err))
+        st.stop()
+
+    raw = r.maps[0]
+    h, w = raw.shape[-2:]
+    left, middle, right = st.columns(3, gap="medium")
+    with left:
+        st.markdown("**As the model sees it**")
+        st.image(r.image, width="stretch")
+        st.caption(views.md_escape(f"{sel.image_label} · {state.FIT_LABELS.get(sel.fit, sel.fit)}"))
+    with middle:
+        where = "the input pixels" if r.method == "saliency" else f"layer {r.layer}"
+        st.markdown(f"**Raw {views.md_escape(title)} map** · {h}×{w} at {views.md_escape(where)}")
+        st.pyplot(render.heatmap_figure(raw, sel.colormap), width="stretch")
+    with right:
+        st.markdown(f"**Overlay** · {views.md_escape(views.class_label(m.categories, r.targets[0]))}")
+        overlay = views.overlays(r, sel)[0]
+        st.image(overlay, width="stretch")
+
+    st.markdown(views.explanation_caption(r))
+    views.show_notices(r)
+
+    stem = f"{r.model_name}_{r.method}_{r.targets[0]}".replace("+", "p")
+    d1, d2, _ = st.columns([1, 1, 2])
+    d1.download_button("Download overlay (PNG)", render.to_png_bytes(overlay), file_name=f"{stem}_overlay.png",
+                       mime="image/png", on_click="ignore")
+    d2.download_button("Download raw map (.npy)", views.npy_bytes(r.maps.numpy()), file_name=f"{stem}_map.npy",
+                       mime="application/octet-stream", on_click="ignore")

@@ -1,0 +1,446 @@
+"""The Streamlit dashboard, driven headless through ``streamlit.testing.v1.AppTest``.
+
+Every expectation comes from the engine (its predictions, layers, error messages), so these tests
+check that the dashboard shows what the engine computes, and that it stays usable when the user
+hands it something broken. The model cache (``st.cache_resource``) is process-wide, so the model
+the app uses is the one ``ui.resources.get_model`` returns here: forward passes are counted on it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import urllib.error
+
+import pytest
+import tomllib
+import torch
+from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
+from streamlit.testing.v1 import AppTest
+
+import explain
+from ui import resources, state, views, widgets
+
+try:
+    from tests.app_helpers import (
+        REPO,
+        animated_gif,
+        bad_uploads,
+        engine_predictions,
+        escaped,
+        image_captions,
+        main_images,
+        markdown_text,
+        new_app,
+        run_ok,
+        sample_bytes,
+        select_upload,
+        widget,
+    )
+except ImportError:  # tests/ on sys.path rather than the repository root
+    from app_helpers import (  # type: ignore[no-redef]
+        REPO,
+        animated_gif,
+        bad_uploads,
+        engine_predictions,
+        escaped,
+        image_captions,
+        main_images,
+        markdown_text,
+        new_app,
+        run_ok,
+        sample_bytes,
+        select_upload,
+        widget,
+    )
+
+DEFAULT = explain.DEFAULT_MODEL
+CAT = "cat.jpg"
+
+
+@pytest.fixture(scope="module")
+def model() -> explain.Model:
+    """The default model, as cached for the app."""
+    return resources.get_model(DEFAULT)
+
+
+def top(sample: str = CAT, model_name: str = DEFAULT) -> tuple[int, str, float]:
+    return engine_predictions(model_name, sample)[0]
+
+
+# ---- pages render ---------------------------------------------------------------------------------
+
+
+def test_explain_page_renders_default_model_and_cat(model: explain.Model) -> None:
+    at = run_ok(new_app())
+    index, name, prob = top()
+    assert widget(at, "selectbox", state.MODEL).value == DEFAULT
+    assert widget(at, "selectbox", state.SAMPLE).value == CAT
+    assert widget(at, "selectbox", state.TARGET).value == index
+    assert widget(at, "selectbox", state.LAYER).value == model.default_layer
+    assert main_images(at) == 3  # model view, raw map (matplotlib), overlay
+    text = markdown_text(at)
+    assert f"The model is {views.percent(prob)} sure this is" in text
+    assert f"'{escaped(name)}'" in text
+    h, w = model.layer_info(model.default_layer).shape[1:]
+    assert f"{h}×{w} at layer {escaped(model.default_layer)}" in text
+    assert {b.label for b in at.get("download_button")} == {"Download overlay (PNG)", "Download raw map (.npy)"}
+    # The top-5 chart and the gallery are in the sidebar, whatever the page.
+    assert len(at.sidebar.image) >= 1
+
+
+def test_compare_classes_page(model: explain.Model) -> None:
+    at = new_app()
+    at.switch_page("pages/compare_classes.py")
+    run_ok(at)
+    preds = engine_predictions(DEFAULT, CAT)
+    expected = [escaped(f"{views.class_label(model.categories, i)} — {views.percent(p)}") for i, _n, p in preds]
+    assert image_captions(at)[: len(expected)] == expected
+    assert main_images(at) == len(preds)
+
+    widget(at, "multiselect", state.COMPARE_CLASSES).unselect(preds[-1][0])
+    run_ok(at)
+    assert main_images(at) == len(preds) - 1
+
+    [course] = [b for b in at.button if b.label == "Course classes"]
+    course.click()
+    run_ok(at)
+    wanted = [model.class_index(n) for n in widgets.COURSE_CLASSES]
+    assert widget(at, "multiselect", state.COMPARE_CLASSES).value == wanted
+    captions = image_captions(at)
+    for name in widgets.COURSE_CLASSES:
+        assert any(escaped(name) in c for c in captions), name
+    per_map = [img.value for img in at.main.image]
+
+    widget(at, "toggle", state.SHARED_SCALE).set_value(True)
+    run_ok(at)
+    assert widget(at, "radio", state.NORMALIZE).value == "shared"  # mirrored into the sidebar
+    shared = [img.value for img in at.main.image]
+    assert len(shared) == len(per_map) and shared != per_map  # one colour scale changes the tiles
+
+    # Shared controls keep their values on another page.
+    at.switch_page("pages/explain.py")
+    run_ok(at)
+    assert widget(at, "radio", state.NORMALIZE).value == "shared"
+    assert main_images(at) == 3
+
+
+def test_compare_methods_page_shows_why_cam_does_not_apply(model: explain.Model) -> None:
+    at = new_app()
+    at.switch_page("pages/compare_methods.py")
+    run_ok(at)
+    methods = widget(at, "multiselect", state.COMPARE_METHODS).value
+    layers = widget(at, "multiselect", state.COMPARE_LAYERS).value
+    assert "cam" in methods and layers == widgets.grid_default_layers(model)
+    applicable, refused = [], []
+    for layer in layers:
+        for method in methods:
+            try:
+                explain.get_method(method).check(model, layer)
+                applicable.append(escaped(f"{explain.TITLES[method]} · {layer}"))
+            except explain.MethodNotApplicableError:
+                refused.append(layer)
+    assert refused, "the default grid should include a layer where CAM does not apply"
+    assert image_captions(at) == applicable
+    reasons = [c.value for c in at.main.caption if "does not apply" in c.value]
+    assert len(reasons) == len(refused)
+    for layer, reason in zip(refused, reasons):
+        assert reason.startswith("CAM does not apply") and escaped(layer) in reason
+
+
+# ---- forward passes ------------------------------------------------------------------------------
+
+
+def test_display_class_and_method_changes_reuse_the_forward_pass(model: explain.Model) -> None:
+    model.clear_cache()
+    at = new_app()
+    before = model.stats.forward_passes
+    run_ok(at)
+    # The sidebar's top-5 and the page's map share one capture: a single forward pass.
+    assert model.stats.forward_passes == before + 1
+    n = model.stats.forward_passes
+
+    def overlay_url() -> str:
+        return at.main.image[-1].value[0]
+
+    for kind, key, value in (
+        ("selectbox", state.COLORMAP, "viridis"),
+        ("slider", state.ALPHA, 0.8),
+        ("slider", state.SMOOTH, 6),
+        ("radio", state.NORMALIZE, "shared"),
+        ("checkbox", state.CONTOUR, True),
+    ):
+        old = overlay_url()
+        widget(at, kind, key).set_value(value)
+        run_ok(at)
+        assert widget(at, kind, key).value == value
+        assert model.stats.forward_passes == n, f"changing {key} ran the model again"
+        if key != state.NORMALIZE:  # one map looks the same on either scale
+            assert overlay_url() != old, f"changing {key} did not change the overlay"
+
+    preds = engine_predictions(DEFAULT, CAT)
+    other_i, other_name, other_p = preds[2]
+    widget(at, "selectbox", state.TARGET).select(other_i)
+    run_ok(at)
+    assert model.stats.forward_passes == n
+    text = markdown_text(at)
+    assert f"The model's top guess is {escaped(preds[0][1])} ({views.percent(preds[0][2])})" in text
+    assert f"for '{escaped(other_name)}' ({views.percent(other_p)})" in text
+
+    for method in ("gradcam++", "layercam"):
+        widget(at, "selectbox", state.METHOD).select(method)
+        run_ok(at)
+        assert model.stats.forward_passes == n, f"switching to {method} ran the model again"
+        assert f"Raw {explain.TITLES[method]} map" in markdown_text(at)
+
+    layer = widgets.grid_default_layers(model)[0]
+    assert layer != model.default_layer
+    widget(at, "selectbox", state.LAYER).select(layer)
+    run_ok(at)
+    assert model.stats.forward_passes == n + 1
+    h, w = model.layer_info(layer).shape[1:]
+    assert f"{h}×{w} at layer {escaped(layer)}" in markdown_text(at)
+    assert widget(at, "selectbox", state.TARGET).value == other_i  # the class stays
+
+
+def test_explain_page_says_why_a_method_does_not_apply(model: explain.Model) -> None:
+    at = run_ok(new_app())
+    layer = next(n for n in widgets.grid_default_layers(model) if model.layer_info(n).cam_linear is None)
+    widget(at, "selectbox", state.METHOD).select("cam")
+    widget(at, "selectbox", state.LAYER).select(layer)
+    run_ok(at)
+    with pytest.raises(explain.MethodNotApplicableError) as reason:
+        explain.get_method("cam").check(model, layer)
+    assert [w.value for w in at.warning] == [escaped(str(reason.value))]
+    assert main_images(at) == 0
+    widget(at, "selectbox", state.LAYER).select(model.default_layer)  # CAM is exact at the default
+    run_ok(at)
+    assert not at.warning and main_images(at) == 3
+
+
+# ---- images ----------------------------------------------------------------------------------------
+
+
+def test_upload_replaces_the_image_and_resets_the_class() -> None:
+    at = run_ok(new_app())
+    select_upload(at)
+    run_ok(at)
+    assert "Nothing chosen yet" in markdown_text(at)
+    assert main_images(at) == 3  # still the cat
+    widget(at, "file_uploader", state.UPLOAD).set_value(("my coffee.jpg", sample_bytes("coffee.jpg"), "image/jpeg"))
+    run_ok(at)
+    index, _name, prob = top("coffee.jpg")
+    assert widget(at, "selectbox", state.TARGET).value == index
+    assert f"The model is {views.percent(prob)} sure this is" in markdown_text(at)
+    assert "my coffee.jpg" in markdown_text(at)
+    assert main_images(at) == 3
+
+
+def test_camera_photo_is_explained() -> None:
+    at = run_ok(new_app())
+    widget(at, "segmented_control", state.IMAGE_SOURCE).set_value("Camera")
+    run_ok(at)
+    widget(at, "camera_input", state.CAMERA).set_value(("photo.jpg", sample_bytes("coffee.jpg"), "image/jpeg"))
+    run_ok(at)
+    index, name, _p = top("coffee.jpg")
+    assert widget(at, "selectbox", state.TARGET).value == index
+    assert f"'{escaped(name)}'" in markdown_text(at) and "camera photo" in markdown_text(at)
+
+
+@pytest.mark.parametrize("case", list(bad_uploads()))
+def test_bad_upload_shows_the_loaders_message_and_keeps_the_image(case: str) -> None:
+    filename, data = bad_uploads()[case]
+    with pytest.raises(explain.ImageLoadError) as expected:
+        explain.load_image(data, name=filename)
+    at = run_ok(new_app())
+    select_upload(at)
+    run_ok(at)
+    widget(at, "file_uploader", state.UPLOAD).set_value((filename, data, "application/octet-stream"))
+    at.run()
+    assert not at.exception
+    [error] = [e.value for e in at.error]
+    assert escaped(str(expected.value)) in error
+    assert "Still showing Cat" in error
+    # The previous picture is still explained.
+    assert main_images(at) == 3
+    assert f"'{escaped(top()[1])}'" in markdown_text(at)
+    # And the next good file is used.
+    widget(at, "file_uploader", state.UPLOAD).set_value(("flower.jpg", sample_bytes("flower.jpg"), "image/jpeg"))
+    run_ok(at)
+    assert widget(at, "selectbox", state.TARGET).value == top("flower.jpg")[0]
+
+
+def test_animated_gif_uses_its_first_frame(model: explain.Model) -> None:
+    at = run_ok(new_app())
+    select_upload(at)
+    run_ok(at)
+    gif = animated_gif()
+    widget(at, "file_uploader", state.UPLOAD).set_value(("blink.gif", gif, "image/gif"))
+    run_ok(at)
+    assert [i.value for i in at.info] == ["Animated image: using its first frame."]
+    expected = explain.explain(model, explain.load_image(gif)).predictions[0]
+    assert widget(at, "selectbox", state.TARGET).value == expected[0]
+    assert main_images(at) == 3
+
+
+def test_file_names_are_shown_as_text_not_html() -> None:
+    at = run_ok(new_app())
+    select_upload(at)
+    run_ok(at)
+    name = "<img src=x onerror=alert(1)>[click](javascript:alert(1)).jpg"
+    widget(at, "file_uploader", state.UPLOAD).set_value((name, sample_bytes("coffee.jpg"), "image/jpeg"))
+    run_ok(at)
+    assert not at.get("html")
+    text = markdown_text(at)
+    assert escaped(name) in text
+    assert "<img" not in text.replace("\\<img", "")
+
+
+def test_no_source_renders_html() -> None:
+    sources = [REPO / "app.py", *sorted((REPO / "pages").glob("*.py")), *sorted((REPO / "ui").glob("*.py"))]
+    for path in sources:
+        assert "unsafe_allow_html" not in path.read_text(), path
+
+
+# ---- models ----------------------------------------------------------------------------------------
+
+
+def test_model_without_weights_shows_the_file_and_keeps_the_previous_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path
+) -> None:
+    # An empty hub cache and no network, whatever machine runs this.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("no network in this test")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    info = resources.model_infos()["resnet18"]
+    assert not info.cached and widgets.model_label(info).startswith("resnet18 (download ~")
+
+    at = run_ok(new_app())
+    widget(at, "selectbox", state.MODEL).select("resnet18")
+    at.run()
+    assert not at.exception
+    [error] = [e.value for e in at.error]
+    assert escaped(info.weights_file) in error and escaped(explain.checkpoint_dir()) in error
+    assert f"Still using {escaped(DEFAULT)}" in error
+    assert widget(at, "selectbox", state.MODEL).value == DEFAULT
+    assert main_images(at) == 3
+    assert f"'{escaped(top()[1])}'" in markdown_text(at)
+    run_ok(at)  # the message belongs to that one attempt; the app carries on
+    assert widget(at, "selectbox", state.MODEL).value == DEFAULT
+
+
+def test_digit_model_gets_a_digit_its_layer_and_its_class() -> None:
+    at = run_ok(new_app())
+    widget(at, "selectbox", state.MODEL).select("digits_lenet")
+    run_ok(at)
+    digits = resources.get_model("digits_lenet")
+    assert widget(at, "selectbox", state.SAMPLE).value == widgets.DIGIT_SAMPLE
+    assert widget(at, "selectbox", state.LAYER).value == digits.default_layer
+    index, name, _p = top(widgets.DIGIT_SAMPLE, "digits_lenet")
+    assert widget(at, "selectbox", state.TARGET).value == index
+    assert f"'{escaped(name)}'" in markdown_text(at)
+    # Score-CAM (one masked pass per channel) is quick on the small model; it runs with a bar.
+    widget(at, "selectbox", state.METHOD).select("scorecam")
+    run_ok(at)
+    assert "Raw Score-CAM map" in markdown_text(at) and main_images(at) == 3
+
+    widget(at, "selectbox", state.METHOD).select("gradcam")  # Score-CAM on the big model takes minutes
+    widget(at, "selectbox", state.MODEL).select(DEFAULT)
+    run_ok(at)
+    assert widget(at, "selectbox", state.SAMPLE).value == widgets.DEFAULT_SAMPLE
+    assert widget(at, "selectbox", state.LAYER).value == resources.get_model(DEFAULT).default_layer
+
+
+# ---- helpers ---------------------------------------------------------------------------------------
+
+
+def test_captions_for_top_class_other_class_and_saliency(model: explain.Model) -> None:
+    image = explain.load_image(explain.samples.SAMPLES_DIR / CAT)
+    r = explain.explain(model, image)
+    (_i0, n0, p0), (i1, n1, p1) = r.predictions[:2]
+    assert views.explanation_caption(r) == escaped(
+        f"The model is {views.percent(p0)} sure this is {'an' if n0[0].lower() in 'aeiou' else 'a'} {n0}; "
+        f"the highlighted region is what pushed its score for '{n0}' up the most."
+    )
+    other = explain.explain(model, image, targets=[i1])
+    assert views.explanation_caption(other).startswith(escaped(f"The model's top guess is {n0} ({views.percent(p0)}); "
+                                                               f"for '{n1}' ({views.percent(p1)})"))
+    sal = explain.explain(model, image, method="saliency")
+    assert "bright pixels" in views.explanation_caption(sal)
+
+
+def test_small_helpers() -> None:
+    assert views.percent(0.6234) == "62%" and views.percent(0.0712) == "7.1%" and views.percent(0.0002) == "<0.1%"
+    assert views.md_escape("a_b *c* [d](e) <f>") == r"a\_b \*c\* \[d\](e) \<f\>"
+    assert views.class_label(["x", "tabby"], 1) == "1 · tabby"
+    lite = explain.ModelInfo("efficientnet_lite0", "embedded", True, "", 18.0, "")
+    tv = explain.ModelInfo("resnet50", "torchvision", False, "resnet50-11ad3fa6.pth", 97.8, "")
+    assert widgets.model_label(lite) == "efficientnet_lite0 (embedded)"
+    assert widgets.model_label(tv) == "resnet50 (download ~98 MB)"
+    assert widgets.model_label(explain.ModelInfo("resnet50", "torchvision", True, "f.pth", 97.8, "")) == "resnet50 (cached)"
+
+
+def test_grid_default_layers_are_few_distinct_and_in_forward_order(model: explain.Model) -> None:
+    chosen = widgets.grid_default_layers(model)
+    order = [n for n, _ in model.layers()]
+    assert model.default_layer in chosen and 2 <= len(chosen) <= 4
+    assert chosen == sorted(chosen, key=order.index)
+    grids = {model.layer_info(n).shape[1:] for n in chosen}
+    assert len(grids) == len(chosen)  # one layer per resolution
+
+
+def test_npy_download_round_trips() -> None:
+    import io
+
+    import numpy as np
+
+    maps = np.random.default_rng(0).random((2, 7, 7)).astype(np.float32)
+    assert np.array_equal(np.load(io.BytesIO(views.npy_bytes(maps))), maps)
+
+
+# ---- guard and configuration -----------------------------------------------------------------------
+
+
+def _guarded_failure() -> None:
+    from ui import views
+
+    with views.guard("testing the guard"):
+        raise RuntimeError("boom\nwith a second line")
+
+
+def _guarded_stop() -> None:
+    import streamlit as st
+
+    from ui import views
+
+    with views.guard("testing the guard"):
+        st.stop()
+    st.write("not reached")
+
+
+def test_guard_shows_one_line_instead_of_a_traceback() -> None:
+    at = AppTest.from_function(_guarded_failure).run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "Something went wrong while testing the guard: boom. Try another image or setting."
+    ]
+
+
+def test_guard_lets_streamlit_control_flow_through() -> None:
+    at = AppTest.from_function(_guarded_stop).run()
+    assert not at.exception and not at.error and not at.markdown
+    for exc in (StopException(), RerunException(None)):
+        with pytest.raises(type(exc)), views.guard("testing"):
+            raise exc
+
+
+def test_streamlit_config() -> None:
+    config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["maxUploadSize"] == 20
+    assert config["server"]["enableXsrfProtection"] is True
+    assert config["browser"]["gatherUsageStats"] is False
+    assert config["client"]["toolbarMode"] == "minimal"
+    assert config["client"]["showErrorDetails"] == "none"
+    assert config["theme"]["base"] == "light"

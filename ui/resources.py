@@ -1,0 +1,138 @@
+"""Cached resources: models (shared by every session) and decoded images (by content).
+
+Models go through ``st.cache_resource``: one instance per name for the whole server, shared by
+all sessions, which is safe because ``explain.Model`` never mutates its module after loading.
+The Model also keeps recent forward passes (captures) itself, so nothing here caches
+explanations: changing class, method or colours reuses the engine's capture, and tests can count
+forward passes on the very object the app uses (:func:`get_model` in the test process returns it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import streamlit as st
+from PIL import Image, ImageOps
+
+import explain
+from explain.samples import list_samples
+
+#: How many models stay loaded at once (each EfficientNet/ResNet is tens to hundreds of MB).
+MODEL_CACHE_ENTRIES = 3
+#: Decoded images kept (by content hash); photos are small next to models.
+IMAGE_CACHE_ENTRIES = 16
+THUMBNAIL_SIZE = 96
+
+
+@st.cache_resource(max_entries=MODEL_CACHE_ENTRIES, show_spinner=False)
+def _load_model(name: str, _progress: Callable[[int, int], None] | None = None) -> explain.Model:
+    # No st.* calls in here: cached functions replay their elements, and a progress bar drawn
+    # from inside would be replayed (or rejected) on every cache hit.
+    return explain.load_model(name, progress=_progress)
+
+
+def get_model(name: str, progress: Callable[[int, int], None] | None = None) -> explain.Model:
+    """The shared, cached model ``name`` (raises the engine's errors, e.g. WeightsUnavailableError)."""
+    return _load_model(name, _progress=progress)
+
+
+def model_infos() -> dict[str, explain.ModelInfo]:
+    """Every model the picker offers, embedded ones first, by name (checks the disk each call)."""
+    return {info.name: info for info in explain.list_models()}
+
+
+def needs_download(name: str) -> bool:
+    """True when loading ``name`` would first have to download its weights."""
+    info = model_infos().get(name)
+    return info is not None and info.source != "embedded" and not info.cached
+
+
+def load_with_progress(name: str, where: st.delta_generator.DeltaGenerator) -> explain.Model:
+    """Load ``name`` through :func:`get_model`, with a spinner, or a progress bar while downloading.
+
+    The download runs in a worker thread so that this (script) thread can redraw the bar; the
+    engine's progress callback only writes numbers, which the loop below turns into the bar.
+    """
+    if not needs_download(name):
+        with where, st.spinner(f"Loading {name}…"):
+            return get_model(name)
+    seen = {"done": 0, "total": 0}
+    outcome: dict[str, object] = {}
+
+    def report(done: int, total: int) -> None:
+        seen["done"], seen["total"] = done, total
+
+    def work() -> None:
+        try:
+            outcome["model"] = get_model(name, progress=report)
+        except BaseException as exc:  # noqa: BLE001 - handed to the script thread below
+            outcome["error"] = exc
+
+    from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
+
+    worker = threading.Thread(target=work, name=f"load-{name}", daemon=True)
+    add_script_run_ctx(worker, get_script_run_ctx())
+    bar = where.progress(0.0, text=f"Downloading the weights of {name}…")
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+        total = seen["total"]
+        if total:
+            mb = seen["done"] / 2**20
+            bar.progress(min(1.0, seen["done"] / total), text=f"Downloading {name}: {mb:.0f} of {total / 2**20:.0f} MB")
+    bar.empty()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["model"]  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """The outcome of decoding some bytes: an image, or the loader's one-line error."""
+
+    image: Image.Image | None
+    error: str | None
+    digest: str
+
+
+def digest_of(data: bytes) -> str:
+    """Short content hash used to recognise the same picture across reruns."""
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+@st.cache_data(max_entries=IMAGE_CACHE_ENTRIES, show_spinner=False)
+def decode_image(data: bytes, name: str) -> Decoded:
+    """``explain.load_image`` keyed by the bytes (and the name its messages use); errors are kept too."""
+    digest = digest_of(data)
+    try:
+        return Decoded(explain.load_image(data, name=name), None, digest)
+    except explain.ImageLoadError as err:
+        return Decoded(None, str(err), digest)
+
+
+@st.cache_data(show_spinner=False)
+def read_sample(filename: str) -> bytes:
+    """Bytes of a bundled sample (by file name)."""
+    for _title, path in list_samples():
+        if path.name == filename:
+            return pathlib.Path(path).read_bytes()
+    raise explain.ImageLoadError(f"There is no sample called {filename!r}.")
+
+
+@st.cache_data(show_spinner=False)
+def sample_gallery() -> list[tuple[str, str, Image.Image]]:
+    """``(title, file name, thumbnail)`` for every bundled sample."""
+    out = []
+    for title, path in list_samples():
+        try:
+            img = explain.load_image(path)
+        except explain.ImageLoadError:
+            continue  # a damaged sample must not take the gallery down
+        # Square crops, so that the gallery lines up in a grid.
+        out.append((title, path.name, ImageOps.fit(img, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))))
+    return out
+

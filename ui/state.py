@@ -1,0 +1,85 @@
+"""Session-state keys (named once, here) and the selection the sidebar hands to every page.
+
+The sidebar controls are drawn by ``app.py`` on every run, whatever the page, so their widget
+state survives page switches. After drawing them, ``ui.widgets.sidebar()`` stores one
+:class:`Selection` under :data:`SELECTION`; pages read it with :func:`current`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import streamlit as st
+from PIL import Image
+
+# ---- widget keys (sidebar, shared by all pages) ------------------------------------------------
+MODEL = "cx.model"  # selectbox: model name
+IMAGE_SOURCE = "cx.image_source"  # radio: one of IMAGE_SOURCES
+SAMPLE = "cx.sample"  # selectbox: sample file name
+UPLOAD = "cx.upload"  # file_uploader
+CAMERA = "cx.camera"  # camera_input
+FIT = "cx.fit"  # radio: explain.FITS
+LAYER = "cx.layer"  # selectbox: layer name
+METHOD = "cx.method"  # selectbox: explain.METHODS
+TARGET = "cx.target"  # selectbox: class index
+COLORMAP = "cx.colormap"
+ALPHA = "cx.alpha"  # overlay opacity slider
+SMOOTH = "cx.smooth"  # smoothing sigma slider, pixels
+NORMALIZE = "cx.normalize"  # radio: explain.NORMALIZATIONS
+CONTOUR = "cx.contour"  # checkbox
+
+# ---- widget keys (pages) ---------------------------------------------------------------------
+COMPARE_CLASSES = "cx.compare.classes"  # multiselect of class indices
+SHARED_SCALE = "cx.compare.shared"  # toggle mirrored onto NORMALIZE
+COMPARE_METHODS = "cx.grid.methods"  # multiselect of method names
+COMPARE_LAYERS = "cx.grid.layers"  # multiselect of layer names
+
+# ---- plain state (not widgets) -----------------------------------------------------------------
+MODEL_GOOD = "cx.model_good"  # name of the last model that loaded
+IMAGE_GOOD = "cx.image_good"  # (label, content digest, PIL image) of the last usable image
+TARGET_CONTEXT = "cx.target_context"  # (model, image digest) the class default was chosen for
+LAYER_CONTEXT = "cx.layer_context"  # model name the layer default was chosen for
+SAMPLE_CONTEXT = "cx.sample_context"  # model name the sample default was chosen for
+COMPARE_CONTEXT = "cx.compare.context"  # (model, image digest) the compared classes belong to
+GRID_CONTEXT = "cx.grid.context"  # model the default grid layers were chosen for
+SELECTION = "cx.selection"  # the Selection of this run
+
+IMAGE_SOURCES: tuple[str, ...] = ("Sample", "Upload", "Camera")
+NORMALIZE_LABELS: dict[str, str] = {"per_map": "per map", "shared": "shared"}
+FIT_LABELS: dict[str, str] = {"squash": "squash", "crop": "centre crop"}
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Everything the sidebar decided for this run; pages only read it."""
+
+    model_name: str
+    image: Image.Image | None
+    image_label: str
+    image_digest: str
+    layer: str
+    method: str
+    target: int
+    predictions: list[tuple[int, str, float]] = field(default_factory=list)  # top-5 of the image
+    colormap: str = "jet"
+    alpha: float = 0.5
+    smooth: float = 0.0
+    normalize: str = "per_map"
+    contour: bool = False
+    fit: str = "squash"
+
+    @property
+    def targets(self) -> list[int]:
+        """The target classes as a list (pages that explain one class use ``[target]``)."""
+        return [self.target]
+
+
+def current() -> Selection | None:
+    """The selection made by the sidebar in this run, or ``None`` if it could not be made."""
+    sel = st.session_state.get(SELECTION)
+    return sel if isinstance(sel, Selection) else None
+
+
+def store(sel: Selection | None) -> None:
+    """Publish this run's selection for the page (``None`` clears it)."""
+    st.session_state[SELECTION] = sel

@@ -1,0 +1,347 @@
+"""The shared sidebar controls: model, image, class, method, layer and display settings.
+
+``app.py`` calls :func:`sidebar` on every run, whatever the page, so every control keeps its
+value when the user switches pages. Defaults are put into session state *before* a widget is
+drawn (never passed as ``index=``/``value=``), which is what lets the code below reset a
+control (the class when the image changes, the layer when the model changes, the model after a
+failed load) without fighting the widget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import streamlit as st
+import torch
+from PIL import Image
+
+import explain
+from explain.io import SUPPORTED_EXTENSIONS
+from ui import resources, state, views
+
+DEFAULT_SAMPLE = "cat.jpg"
+DIGIT_SAMPLE = "digit_3.png"
+DIGIT_MODELS = frozenset({"digits_lenet"})
+TOP_K = 5
+SMOOTH_MAX = 20  # px; the model view is 224 px wide
+GALLERY_COLUMNS = 3
+
+
+def sidebar() -> state.Selection | None:
+    """Draw all shared controls in the sidebar and publish this run's :class:`~ui.state.Selection`."""
+    state.store(None)
+    sb = st.sidebar
+    model_box, image_box, explain_box = sb.container(), sb.container(), sb.container()
+    display_box = sb.expander("Display", expanded=True, icon=":material/palette:")
+    with model_box:
+        m = model_picker()
+    with image_box:
+        label, digest, image, fit = image_picker(m)
+    with display_box:
+        display = display_controls()
+    with explain_box:
+        class_box = st.container()
+        method = method_picker()
+        layer = layer_picker(m)
+        with class_box:
+            target, predictions = class_picker(m, image, digest, fit, layer, method)
+    sel = state.Selection(
+        model_name=m.name,
+        image=image,
+        image_label=label,
+        image_digest=digest,
+        layer=layer,
+        method=method,
+        target=target,
+        predictions=predictions,
+        fit=fit,
+        **display,
+    )
+    state.store(sel)
+    return sel
+
+
+# ---- model ------------------------------------------------------------------------------------
+
+
+def model_label(info: explain.ModelInfo) -> str:
+    """Picker text: ``"resnet50 (download ~98 MB)"``, ``"efficientnet_lite0 (embedded)"``."""
+    if info.source == "embedded":
+        extra = "embedded"
+    elif info.cached:
+        extra = "cached"
+    else:
+        extra = f"download ~{info.size_mb:.0f} MB"
+    return f"{info.name} ({extra})"
+
+
+def model_picker() -> explain.Model:
+    """The model selectbox. A model that fails to load shows its error and the last good one stays."""
+    ss = st.session_state
+    infos = resources.model_infos()
+    ss.setdefault(state.MODEL, explain.DEFAULT_MODEL)
+    requested = ss[state.MODEL]
+    good = ss.get(state.MODEL_GOOD) or explain.DEFAULT_MODEL
+    if requested not in infos:
+        requested = good
+    picker_slot, status = st.container(), st.container()
+    error = None
+    try:
+        m = resources.load_with_progress(requested, status)
+    except explain.ExplainError as err:
+        if requested == good:
+            raise  # nothing to fall back to; the app's guard reports it
+        error = f"{err} Still using {good}."
+        m = resources.load_with_progress(good, status)
+        requested = good
+    ss[state.MODEL] = requested  # before the widget exists, so this also moves the picker back
+    ss[state.MODEL_GOOD] = requested
+    picker_slot.selectbox(
+        "Model",
+        options=list(infos),
+        format_func=lambda name: model_label(infos[name]),
+        key=state.MODEL,
+        help="Embedded models work offline; torchvision models download their weights on first use.",
+    )
+    if error:
+        status.error(views.md_escape(error))
+    return m
+
+
+# ---- image ------------------------------------------------------------------------------------
+
+
+def default_sample(model_name: str) -> str:
+    """The sample shown first for a model: a digit for the digit model, the cat otherwise."""
+    return DIGIT_SAMPLE if model_name in DIGIT_MODELS else DEFAULT_SAMPLE
+
+
+def image_picker(m: explain.Model) -> tuple[str, str, Image.Image | None, str]:
+    """Sample / Upload / Camera. Returns (label, content digest, image or None, fit).
+
+    A file that does not load shows the loader's message and the previous image stays.
+    """
+    ss = st.session_state
+    ss.setdefault(state.IMAGE_SOURCE, state.IMAGE_SOURCES[0])
+    source = st.segmented_control("Image", state.IMAGE_SOURCES, key=state.IMAGE_SOURCE, required=True,
+                                  width="stretch")
+    data: bytes | None = None
+    name = ""
+    if source == "Sample":
+        data, name = _sample_input(m)
+    elif source == "Upload":
+        up = st.file_uploader(
+            "Upload an image", type=list(SUPPORTED_EXTENSIONS), key=state.UPLOAD,
+            help="JPEG, PNG, WebP, BMP, GIF or TIFF, up to 20 MB.",
+        )
+        if up is not None:
+            data, name = up.getvalue(), up.name
+    else:
+        shot = st.camera_input("Take a photo", key=state.CAMERA)
+        if shot is not None:
+            data, name = shot.getvalue(), "camera photo"
+    label, digest, image = use_image_bytes(data, name, source)
+    ss.setdefault(state.FIT, explain.FITS[0])
+    fit = st.radio(
+        "Fit to the square input", explain.FITS, key=state.FIT, horizontal=True,
+        format_func=lambda f: state.FIT_LABELS.get(f, f),
+        help="Squash keeps the whole picture (distorting it); centre crop keeps proportions but cuts the edges.",
+    )
+    return label, digest, image, fit
+
+
+def _sample_input(m: explain.Model) -> tuple[bytes | None, str]:
+    ss = st.session_state
+    gallery = resources.sample_gallery()
+    if not gallery:
+        st.info("No sample images are installed; upload one instead.")
+        return None, ""
+    names = [fname for _t, fname, _i in gallery]
+    titles = {fname: title for title, fname, _i in gallery}
+    wanted = default_sample(m.name)
+    if ss.get(state.SAMPLE_CONTEXT) != m.name:
+        # A new model gets a sample it can make sense of (digits for the digit model), unless the
+        # current one already suits it.
+        current = ss.get(state.SAMPLE)
+        suits = current in names and current.startswith("digit_") == wanted.startswith("digit_")
+        if not suits:
+            ss[state.SAMPLE] = wanted if wanted in names else names[0]
+        ss[state.SAMPLE_CONTEXT] = m.name
+    if ss.get(state.SAMPLE) not in names:
+        ss[state.SAMPLE] = names[0]
+    chosen = st.selectbox("Sample", names, format_func=titles.get, key=state.SAMPLE,
+                          label_visibility="collapsed")
+    with st.expander("Sample gallery"):
+        for row in range(0, len(gallery), GALLERY_COLUMNS):
+            for col, (title, _f, thumb) in zip(st.columns(GALLERY_COLUMNS), gallery[row : row + GALLERY_COLUMNS]):
+                col.image(thumb, caption=views.md_escape(title), width="stretch")
+    return resources.read_sample(chosen), chosen
+
+
+def use_image_bytes(data: bytes | None, name: str, source: str) -> tuple[str, str, Image.Image | None]:
+    """Decode (cached by content) and remember the image; fall back to the last good one on error.
+
+    This is the helper behind all three image sources; it draws its messages where it is called.
+    Returns (label, digest, image or None).
+    """
+    ss = st.session_state
+    previous = ss.get(state.IMAGE_GOOD)  # (label, digest, image) or None
+    if data is None:
+        if previous is not None and source != "Sample":
+            st.caption(f"Nothing chosen yet: still showing {views.md_escape(previous[0])}.")
+        return previous if previous is not None else ("", "", None)
+    decoded = resources.decode_image(data, name or "the image")
+    if decoded.image is None:
+        keep = f" Still showing {previous[0]}." if previous is not None else ""
+        st.error(views.md_escape(f"{decoded.error}{keep}"))
+        return previous if previous is not None else ("", "", None)
+    if decoded.image.info.get("cam_explorer_frames", 1) > 1:
+        st.info("Animated image: using its first frame.")
+    label = name or "image"
+    if source == "Sample":
+        label = {f: t for t, f, _i in resources.sample_gallery()}.get(name, name)
+    current = (label, decoded.digest, decoded.image)
+    ss[state.IMAGE_GOOD] = current
+    return current
+
+
+# ---- what to explain ------------------------------------------------------------------------------
+
+
+def method_picker() -> str:
+    """The method selectbox (Grad-CAM by default)."""
+    ss = st.session_state
+    ss.setdefault(state.METHOD, "gradcam")
+    return st.selectbox(
+        "Method", explain.METHODS, key=state.METHOD, format_func=lambda k: explain.TITLES.get(k, k),
+        help="How channels are weighted. Score-CAM runs one masked forward pass per channel: slow on a CPU.",
+    )
+
+
+def layer_label(m: explain.Model, name: str, shape: tuple[int, ...]) -> str:
+    """``"bn2 · 1280×7×7 (recommended)"``."""
+    text = f"{name} · {'×'.join(str(s) for s in shape)}"
+    return text + " (recommended)" if name == m.default_layer else text
+
+
+def layer_picker(m: explain.Model) -> str:
+    """The layer selectbox; back to the model's recommended layer whenever the model changes."""
+    ss = st.session_state
+    layers = m.layers()
+    names = [n for n, _ in layers]
+    if ss.get(state.LAYER_CONTEXT) != m.name or ss.get(state.LAYER) not in names:
+        ss[state.LAYER] = m.default_layer
+        ss[state.LAYER_CONTEXT] = m.name
+    labels = {n: layer_label(m, n, s) for n, s in layers}
+    return st.selectbox(
+        "Layer", names, key=state.LAYER, format_func=labels.get,
+        help="Later layers: coarse maps of whole objects. Earlier layers: finer maps of edges and textures.",
+    )
+
+
+def top_predictions(m: explain.Model, image: Image.Image, fit: str, layer: str, method: str) -> list[tuple[int, str, float]]:
+    """Top-5 ``(index, name, probability)`` from the (cached) capture the explanation will reuse."""
+    # The capture at the layer the method needs is the very one explain() looks up next, so
+    # predicting here costs no extra forward pass.
+    capture_layer = explain.INPUT_LAYER if explain.get_method(method).input_layer else layer
+    _view, x = m.view_and_tensor(image, fit)
+    with st.spinner("Running the model…"):
+        probs = m.capture(x, capture_layer).probs.detach().cpu()
+    top = torch.topk(probs, min(TOP_K, m.num_classes))
+    return [(int(i), m.categories[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def class_picker(
+    m: explain.Model, image: Image.Image | None, digest: str, fit: str, layer: str, method: str
+) -> tuple[int, list[tuple[int, str, float]]]:
+    """Searchable class selectbox (top-1 by default, again whenever model or image change) + top-5 chart."""
+    ss = st.session_state
+    predictions = top_predictions(m, image, fit, layer, method) if image is not None else []
+    context = (m.name, digest)
+    valid = isinstance(ss.get(state.TARGET), int) and 0 <= ss[state.TARGET] < m.num_classes
+    if (ss.get(state.TARGET_CONTEXT) != context or not valid) and predictions:
+        ss[state.TARGET] = predictions[0][0]
+        ss[state.TARGET_CONTEXT] = context
+    elif not valid:
+        ss[state.TARGET] = 0
+    categories = m.categories
+    target = st.selectbox(
+        "Class to explain", range(m.num_classes), key=state.TARGET,
+        format_func=lambda i: views.class_label(categories, i),
+        help="Type to search. Defaults to the model's top guess.",
+    )
+    if predictions:
+        st.caption("Top-5 predictions")
+        views.show_top5(predictions)
+    return int(target), predictions
+
+
+# The classes used in the course's exercises, by ImageNet-1k name ('street sign' is index 919).
+COURSE_CLASSES = ("French bulldog", "tabby", "sliding door", "street sign", "dogsled")
+
+
+def course_classes(m: explain.Model) -> list[int]:
+    """Indices of the course classes, or [] when the model is not an ImageNet-1k classifier."""
+    if m.num_classes != 1000:
+        return []
+    try:
+        return [m.class_index(name) for name in COURSE_CLASSES]
+    except explain.UnknownClassError:
+        return []
+
+
+def grid_default_layers(m: explain.Model, count: int = 3) -> list[str]:
+    """One layer for each of the last ``count`` distinct map resolutions, plus the default.
+
+    In forward order: e.g. 28×28, 14×14 and 7×7 for EfficientNet, so the grid shows how maps
+    sharpen but lose meaning further back in the network. For each resolution the latest of the
+    outermost modules is taken (a whole stage such as ``blocks.4`` or ``layer3``), not a layer
+    deep inside one of its blocks.
+    """
+    layers = m.layers()
+    best: dict[tuple[int, ...], tuple[int, str]] = {}  # grid -> (name depth, name)
+    for name, shape in reversed(layers):
+        grid = tuple(shape[1:])
+        if grid not in best and len(best) == count:
+            continue
+        depth = name.count(".")
+        if grid not in best or depth < best[grid][0]:
+            best[grid] = (depth, name)
+    names = {name for _d, name in best.values()} | {m.default_layer}
+    return [n for n, _ in layers if n in names]
+
+
+# ---- display ------------------------------------------------------------------------------------
+
+
+def display_controls() -> dict[str, object]:
+    """Colormap, opacity, smoothing, normalisation, contour: none of them re-runs the model."""
+    ss = st.session_state
+    for key, value in (
+        (state.COLORMAP, explain.COLORMAPS[0]),
+        (state.ALPHA, 0.5),
+        (state.SMOOTH, 0),
+        (state.NORMALIZE, explain.NORMALIZATIONS[0]),
+        (state.CONTOUR, False),
+    ):
+        ss.setdefault(key, value)
+    colormap = st.selectbox("Colormap", explain.COLORMAPS, key=state.COLORMAP)
+    alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key=state.ALPHA)
+    smooth = st.slider("Smoothing (σ, pixels; 0 = off)", 0, SMOOTH_MAX, step=1, key=state.SMOOTH)
+    normalize = st.radio(
+        "Colour scale", explain.NORMALIZATIONS, key=state.NORMALIZE, horizontal=True,
+        format_func=lambda k: state.NORMALIZE_LABELS.get(k, k),
+        help="Per map: each map stretched to its own maximum. Shared: one scale for all maps on a page.",
+    )
+    contour = st.checkbox("Outline the most important region", key=state.CONTOUR)
+    return {"colormap": colormap, "alpha": float(alpha), "smooth": float(smooth), "normalize": normalize,
+            "contour": bool(contour)}
+
+
+def on_change_set(key: str, value_of: Callable[[], object]) -> Callable[[], None]:
+    """A widget callback that copies a value into another session-state key (mirrored controls)."""
+
+    def callback() -> None:
+        st.session_state[key] = value_of()
+
+    return callback
