@@ -41,6 +41,11 @@ from .registry import (
     weights_file,
 )
 from .render import COLORMAPS, NORMALIZATIONS
+from . import custom, metrics, sanity, teach  # noqa: E402  (submodules, part of the public API)
+from .custom import build_custom, custom_architectures, read_labels, read_state_dict
+from .metrics import FaithfulnessResult, compare_methods, deletion_insertion, plain_reading
+from .sanity import SanityResult, cascading_randomisation
+from .teach import Walkthrough, walkthrough
 
 __all__ = [
     "COLORMAPS", "DEFAULT_MODEL", "FITS", "INPUT_LAYER", "METHODS", "NORMALIZATIONS", "TITLES",
@@ -48,5 +53,7 @@ __all__ = [
     "Model", "ModelInfo", "Preprocess", "UnknownClassError", "UnknownLayerError", "UnknownMethodError",
     "UnknownModelError", "WeightsMismatchError", "WeightsUnavailableError", "checkpoint_dir", "explain",
     "get_method", "imagenet_categories", "list_models", "load_image", "load_model", "model_names",
-    "weights_file",
+    "weights_file", "custom", "metrics", "sanity", "teach", "build_custom", "custom_architectures",
+    "read_labels", "read_state_dict", "FaithfulnessResult", "compare_methods", "deletion_insertion",
+    "plain_reading", "SanityResult", "cascading_randomisation", "Walkthrough", "walkthrough",
 ]
