@@ -85,15 +85,16 @@ def explain(
     m = get_method(method)
     if not m.input_layer:
         m.check(model, layer or model.default_layer)
-    view, x = model.view_and_tensor(image, fit)
     notices: list[str] = []
     try:
+        view, x = model.view_and_tensor(image, fit)  # moving the input to the GPU can run out too
         return _run(model, m, view, x, targets, layer, top_k, progress, cancel, notices)
     except torch.cuda.OutOfMemoryError:
         fallback = _cpu_twin(model)
         notices.append("The GPU ran out of memory; this explanation was computed on the CPU instead.")
         model.clear_cache()
-        return _run(fallback, m, view, x.cpu(), targets, layer, top_k, progress, cancel, notices)
+        view, x = fallback.view_and_tensor(image, fit)
+        return _run(fallback, m, view, x, targets, layer, top_k, progress, cancel, notices)
 
 
 def _run(model, m, view, x, targets, layer, top_k, progress, cancel, notices) -> Explanation:

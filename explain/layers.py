@@ -48,6 +48,18 @@ class LayerTable:
         return None
 
 
+# Modules that hand on their input unchanged in eval mode: a map there is the previous layer's map,
+# and a tap on each would only slow every forward pass down (lite0 has ~75 of them).
+_PASSTHROUGH_TYPES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+_PASSTHROUGH_NAMES = frozenset({"Identity", "DropPath"})
+
+
+def _is_passthrough(module: nn.Module, inputs: object, out: object) -> bool:
+    if not (isinstance(module, _PASSTHROUGH_TYPES) or type(module).__name__ in _PASSTHROUGH_NAMES):
+        return False
+    return isinstance(inputs, tuple) and len(inputs) == 1 and inputs[0] is out
+
+
 def _is_pool(module: nn.Module) -> bool:
     return isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))
 
@@ -102,10 +114,13 @@ def discover(root: nn.Module, example: torch.Tensor) -> LayerTable:
     outputs: dict[str, torch.Tensor] = {}
     completion: list[str] = []
     leaf_calls: list[str] = []
+    passthrough: set[str] = set()
     children = {n for n, m in root.named_modules() if n and not list(m.children())}
 
-    def hook(module: nn.Module, _inp: object, out: object) -> None:
+    def hook(module: nn.Module, inp: object, out: object) -> None:
         name = names[module]
+        if _is_passthrough(module, inp, out):
+            passthrough.add(name)
         calls[name] = calls.get(name, 0) + 1
         completion.append(name)
         if name in children:
@@ -125,7 +140,7 @@ def discover(root: nn.Module, example: torch.Tensor) -> LayerTable:
     table = LayerTable()
     seen: set[str] = set()
     for name in completion:
-        if name in seen or calls.get(name) != 1 or name not in outputs:
+        if name in seen or calls.get(name) != 1 or name not in outputs or name in passthrough:
             continue
         seen.add(name)
         out = outputs[name]

@@ -53,7 +53,8 @@ class Method:
         w = self.weights(model, cap, classes, grads)
         a = cap.activation.float()
         if w.dim() == 2:
-            cam = torch.einsum("kc,chw->khw", w.float(), a)
+            # One matrix product ([K, C] @ [C, h*w]): the fast path for many classes at once.
+            cam = (w.float() @ a.flatten(1)).view(w.shape[0], *a.shape[1:])
         else:
             cam = (w.float() * a.unsqueeze(0)).sum(dim=1)
         return F.relu(cam)
@@ -73,8 +74,10 @@ class CAM(Method):
             )
 
     def weights(self, model, cap, classes, grads):
-        linear = dict(model.module.named_modules())[cap.layer.cam_linear]
-        return linear.weight.detach()[list(classes)]
+        linear = model.submodule(cap.layer.cam_linear)
+        w = linear.weight.detach()
+        # All classes in order (e.g. CAM for the whole label set): no gather copy of the matrix.
+        return w if list(classes) == list(range(w.shape[0])) else w[list(classes)]
 
 
 class GradCAM(Method):

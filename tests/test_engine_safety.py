@@ -271,3 +271,38 @@ def test_randomized_copy_leaves_the_original_alone(digits, sample_image):
     # Its taps are its own: the original's layers each still carry exactly one.
     for name, _ in digits.layers():
         assert len(dict(digits.module.named_modules())[name]._forward_hooks) == 1
+
+
+def test_capture_cache_respects_its_byte_budget(lite0, sample_image):
+    """Input-gradient captures keep the whole graph: the byte budget, not the count, bounds them."""
+    img = sample_image("coffee.jpg")
+    twin = explain.Model("lite0 (tight budget)", lite0_zoo.build(), lite0.categories, lite0.preprocess,
+                         device="cpu", capture_cache=8, capture_budget_mb=40)
+    views = [img.rotate(angle) for angle in (0, 90, 180, 270)]
+    for v in views:
+        explain.explain(twin, v, method="saliency")
+        assert twin.cached_captures == 1 or twin.cached_bytes <= 40 * 2**20
+    # A saliency capture of lite0 is estimated far above 40 MB: only the newest is kept.
+    assert twin.cached_captures == 1
+    n = twin.stats.forward_passes
+    explain.explain(twin, views[-1], targets=[3], method="saliency")
+    assert twin.stats.forward_passes == n
+    for v in views[:2]:  # small layer captures fit several at once
+        explain.explain(twin, v, method="gradcam")
+    assert twin.cached_captures >= 2 and twin.cached_bytes <= 40 * 2**20
+
+
+def test_a_failing_forward_leaves_no_per_key_lock(lite0, cat_img, monkeypatch):
+    lite0.clear_cache()
+
+    def broken(*_a, **_k):
+        raise RuntimeError("forward failed")
+
+    monkeypatch.setattr(lite0, "_forward_layer", broken)
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="forward failed"):
+            explain.explain(lite0, cat_img.rotate(7), method="gradcam")
+    assert lite0._key_locks == {}
+    monkeypatch.undo()
+    r = explain.explain(lite0, cat_img.rotate(7), method="gradcam")
+    assert torch.isfinite(r.maps).all() and lite0._key_locks == {}
