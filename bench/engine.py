@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import gc
 import json
 import os
@@ -42,6 +41,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import explain
+from explain.model import plain_copy
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "samples", "cat.jpg")
 
@@ -94,18 +94,14 @@ def _sync(device: torch.device) -> Callable[[], None]:
 
 def _peer_copy(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """A hook-free copy whose parameters require grad, as the peers expect of a user's model."""
-    peer = copy.deepcopy(module)
-    for sub in peer.modules():
-        sub._forward_hooks.clear()  # our taps; peers add their own
+    peer = plain_copy(module)  # without our taps; peers add their own hooks
     for p in peer.parameters():
         p.requires_grad_(True)
     return peer.to(device).eval()
 
 
 def _plain_copy(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    plain = copy.deepcopy(module)
-    for sub in plain.modules():
-        sub._forward_hooks.clear()
+    plain = plain_copy(module)
     for p in plain.parameters():
         p.requires_grad_(False)
     return plain.to(device).eval()

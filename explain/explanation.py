@@ -12,7 +12,7 @@ from PIL import Image
 from . import render
 from .errors import ExplainError
 from .methods import CancelCheck, Progress, get_method, layer_for
-from .model import INPUT_LAYER, Model
+from .model import INPUT_LAYER, Model, strip_taps
 from .preprocess import Fit
 from .render import Normalize
 
@@ -107,7 +107,7 @@ def _run(model, m, view, x, targets, layer, top_k, progress, cancel, notices) ->
     if targets is None or len(targets) == 0:
         classes = [predictions[0][0]]
     else:
-        classes = [model.class_index(t) for t in targets]
+        classes = _class_indices(model, targets)
     maps = m.maps(model, cap, classes, progress=progress, cancel=cancel)
     return Explanation(
         model_name=model.name,
@@ -123,6 +123,15 @@ def _run(model, m, view, x, targets, layer, top_k, progress, cancel, notices) ->
     )
 
 
+def _class_indices(model: Model, targets: Sequence[int | str]) -> list[int]:
+    """Validated class indices; plain ints (e.g. all 1000 classes for CAM) are checked in one pass."""
+    n = model.num_classes
+    if all(type(t) is int for t in targets):
+        if all(0 <= t < n for t in targets):
+            return list(targets)  # type: ignore[arg-type]
+    return [model.class_index(t) for t in targets]
+
+
 def _cpu_twin(model: Model) -> Model:
     """A CPU copy of a GPU model (made once), for when the GPU runs out of memory."""
     twin = getattr(model, "_cpu_twin", None)
@@ -136,9 +145,7 @@ def _cpu_twin(model: Model) -> Model:
             memo[id(p)] = torch.nn.Parameter(p.detach().cpu(), requires_grad=p.requires_grad)
         for b in model.module.buffers():
             memo[id(b)] = b.detach().cpu()
-        module = copy.deepcopy(model.module, memo)
-        for sub in module.modules():
-            sub._forward_hooks.clear()
+        module = strip_taps(copy.deepcopy(model.module, memo))
         twin = Model(model.name, module, model.categories, model.preprocess, device="cpu", source=model.source)
         model._cpu_twin = twin  # type: ignore[attr-defined]
     return twin

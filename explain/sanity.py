@@ -15,7 +15,6 @@ hooks, never from hooks on the shared module.
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import weakref
@@ -31,7 +30,7 @@ from . import render
 from .errors import Cancelled, ExplainError
 from .explanation import explain as _explain
 from .methods import get_method
-from .model import Model
+from .model import Model, plain_copy
 from .preprocess import FITS, Fit
 
 # Rank correlation above which a map "barely changed" after randomisation. Adebayo et al. show
@@ -117,9 +116,7 @@ def _call_order(model: Model) -> _CallOrder:
     if known is not None:
         return known
     # Hooks go on a deep copy: the shared module is used by other sessions at the same time.
-    module = copy.deepcopy(model.module)
-    for sub in module.modules():
-        sub._forward_hooks.clear()
+    module = plain_copy(model.module)
     starts: dict[str, int] = {}
     ends: dict[str, int] = {}
     counter = [0]

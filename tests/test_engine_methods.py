@@ -18,6 +18,7 @@ from conftest import build_random, completion_order
 from torch import nn
 
 import explain
+import explain.model
 from explain.methods import ScoreCAM
 
 GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
@@ -25,9 +26,7 @@ GRADIENT_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "hirescam")
 
 def plain_copy(module: nn.Module) -> nn.Module:
     """A private, trainable-looking copy: no engine taps, parameters requiring grad."""
-    net = copy.deepcopy(module)
-    for sub in net.modules():
-        sub._forward_hooks.clear()
+    net = explain.model.plain_copy(module)
     for p in net.parameters():
         p.requires_grad_(True)
     return net

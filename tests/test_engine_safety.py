@@ -19,6 +19,7 @@ from torch.nn.modules import module as nn_module
 
 import explain
 from explain.methods import ScoreCAM
+from explain.model import tapped
 from explain.zoo import efficientnet_lite0 as lite0_zoo
 
 SMALL_LAYER = "blocks.0"  # 16 channels: Score-CAM there is 16 masked passes
@@ -268,9 +269,9 @@ def test_randomized_copy_leaves_the_original_alone(digits, sample_image):
     assert not torch.allclose(changed, original)
     assert_same(before, snapshot(digits.module))
     torch.testing.assert_close(explain.explain(digits, img, targets=[7]).maps, original)
-    # Its taps are its own: the original's layers each still carry exactly one.
-    for name, _ in digits.layers():
-        assert len(dict(digits.module.named_modules())[name]._forward_hooks) == 1
+    # Its taps are its own: the original's layers each still carry exactly one, and no hook.
+    assert sorted(tapped(digits.module)) == sorted(name for name, _ in digits.layers())
+    assert all(not sub._forward_hooks for sub in digits.module.modules())
 
 
 def test_capture_cache_respects_its_byte_budget(lite0, sample_image):
@@ -306,3 +307,19 @@ def test_a_failing_forward_leaves_no_per_key_lock(lite0, cat_img, monkeypatch):
     monkeypatch.undo()
     r = explain.explain(lite0, cat_img.rotate(7), method="gradcam")
     assert torch.isfinite(r.maps).all() and lite0._key_locks == {}
+
+
+def test_view_keyed_inputs_are_not_fooled_by_in_place_changes(lite0, sample_image):
+    """Tensors from view_and_tensor are keyed by their 8-bit view; editing one in place re-keys it."""
+    img = sample_image("astronaut.jpg")
+    lite0.clear_cache()
+    _view, x = lite0.view_and_tensor(img)
+    first = lite0.capture(x, None)
+    _view2, x2 = lite0.view_and_tensor(img)  # same picture, new tensor: the same capture
+    assert lite0.capture(x2, None) is first
+    x.mul_(0.5)  # e.g. a caller dimming the input in place
+    dimmed = lite0.capture(x, None)
+    assert dimmed is not first
+    with torch.no_grad():
+        expected = lite0.module(x.clone())
+    torch.testing.assert_close(dimmed.logits.detach(), expected)
