@@ -222,3 +222,66 @@ def need_selection() -> Selection:
         st.info("Choose a sample or upload an image in the sidebar to begin.")
         st.stop()
     return sel
+
+
+# ---- small generic helpers for the pages that run long computations or show small grids ------------
+
+from typing import TYPE_CHECKING  # noqa: E402  (appended section)
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from PIL import Image
+
+
+def map_image(values: np.ndarray, colormap: str = "viridis", *, lo: float | None = None, hi: float | None = None,
+              size: int = 168) -> Image.Image:
+    """A small ``[h, w]`` grid of numbers as a colour picture ``size`` pixels wide.
+
+    ``lo``/``hi`` fix the colour scale (so several maps can share one); by default the map's own
+    range. Nearest-neighbour enlargement keeps each cell a visible square: on a page that teaches
+    how a 7×7 map is made, smoothing would hide the very grid being explained.
+    """
+    from PIL import Image as _Image
+
+    from explain import render
+
+    a = np.asarray(values, dtype=np.float32)
+    lo = float(a.min()) if lo is None else float(lo)
+    hi = float(a.max()) if hi is None else float(hi)
+    scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    rgb = render.colorize(np.clip(scaled, 0.0, 1.0), colormap)
+    h, w = a.shape
+    height = max(1, round(size * h / max(w, 1)))
+    return _Image.fromarray(rgb).resize((size, height), _Image.Resampling.NEAREST)
+
+
+def progress_callback(bar: st.delta_generator.DeltaGenerator, text: str) -> Callable[[int, int], None]:
+    """An engine ``progress(done, total)`` callback that redraws ``bar`` with ``text`` formatted by
+    ``done`` and ``total`` (e.g. ``"Curves: {done} of {total} images"``).
+
+    Redrawing the bar is also where Streamlit stops the script when the user changes a control, so
+    a long engine call stays interruptible between its batches.
+    """
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(1.0, done / max(total, 1)), text=text.format(done=done, total=total))
+
+    return progress
+
+
+def heartbeat(slot: st.delta_generator.DeltaGenerator, text: str) -> Callable[[], bool]:
+    """An engine ``cancel()`` check that never cancels by itself but redraws ``slot`` as a caption.
+
+    Engine loops call ``cancel()`` between batches (Score-CAM's masked images, the sanity check's
+    stages); redrawing something there gives Streamlit the chance to interrupt the run when the
+    user changes a control, even where the engine reports no progress.
+    """
+    beats = [0]
+
+    def cancel() -> bool:
+        beats[0] += 1
+        slot.caption(f"{text} {'·' * (1 + beats[0] % 3)}")
+        return False
+
+    return cancel
