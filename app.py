@@ -17,6 +17,9 @@ PAGES = [
     st.Page("pages/explain.py", title="Explain", icon=":material/visibility:", default=True),
     st.Page("pages/compare_classes.py", title="Compare classes", icon=":material/grid_view:"),
     st.Page("pages/compare_methods.py", title="Compare methods & layers", icon=":material/table_chart:"),
+    st.Page("pages/faithfulness.py", title="Faithfulness", icon=":material/fact_check:"),
+    st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
+    st.Page("pages/own_model.py", title="Your model", icon=":material/upload_file:"),
 ]
 
 page = st.navigation(PAGES, position="top")

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 from torch import nn
@@ -24,9 +25,12 @@ from .model import Model
 from .preprocess import Preprocess
 from .registry import torchvision_names
 from .zoo.checks import check_state_dict
+from .zoo.lenet import METADATA_KEY  # the metadata entry the embedded weights carry
 
 LENET = "lenet"
 MAX_LABELS_BYTES = 1_000_000
+MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024  # pixels, square input
+MAX_HEADER_BYTES = 10_000_000  # a .safetensors header bigger than this is not read for hints
 
 
 def custom_architectures() -> list[str]:
@@ -51,11 +55,15 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             found = re.search(r"GLOBAL ([\w.]+)", str(exc))
-            if found is None:
+            # torch names the offending object for some pickles only (not for protocol 4+ framing,
+            # which its safe unpickler refuses before reaching any object): read the opcodes then.
+            foreign = [found.group(1)] if found is not None else _foreign_globals(data)
+            if not foreign:
                 raise WeightsMismatchError(
-                    f"'{filename}' could not be read as PyTorch weights (not a saved state_dict); is it complete?"
+                    f"'{filename}' could not be read as PyTorch weights (not a saved state_dict); is it complete? "
+                    "Save it with `torch.save(model.state_dict(), path)`."
                 ) from None
-            what = f" ({found.group(1)})"
+            what = f" ({', '.join(foreign[:3])})"
             raise WeightsMismatchError(
                 f"'{filename}' was refused: it contains Python objects other than tensors{what}, "
                 "e.g. code or a whole pickled model, which are never loaded here. Save "
@@ -72,6 +80,50 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
     if bad:
         raise WeightsMismatchError(f"'{filename}': entries {', '.join(map(str, bad[:5]))} are not tensors.")
     return state
+
+
+def _foreign_globals(data: bytes, limit: int = 3) -> list[str]:
+    """Python objects other than torch's and plain containers that a pickle would import.
+
+    Read from the opcodes with :mod:`pickletools` (which never imports or runs anything); empty
+    when there are none or the bytes are not a pickle at all.
+    """
+    import pickletools
+
+    found: list[str] = []
+    strings: list[str] = []  # recent string pushes: STACK_GLOBAL takes module and name from them
+    memo: dict[int, str] = {}  # memoised strings by memo index
+    memo_count = 0
+    last_was_string = False
+    try:
+        for op, arg, _pos in pickletools.genops(io.BytesIO(data)):
+            names: list[str] = []
+            pushed_string = False
+            if op.name in ("GLOBAL", "INST"):
+                names = [str(arg).replace(" ", ".")]
+            elif op.name == "STACK_GLOBAL":
+                names = [".".join(strings[-2:])] if len(strings) >= 2 else ["an unnamed object"]
+            elif "UNICODE" in op.name or op.name in ("STRING", "BINSTRING", "SHORT_BINSTRING"):
+                strings.append(str(arg))
+                pushed_string = True
+            elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                index = memo_count if op.name == "MEMOIZE" else int(arg)
+                memo_count = max(memo_count, index + 1)
+                if last_was_string:
+                    memo[index] = strings[-1]
+                pushed_string = last_was_string  # memoising leaves the string on the stack
+            elif op.name in ("GET", "BINGET", "LONG_BINGET") and int(arg) in memo:
+                strings.append(memo[int(arg)])
+                pushed_string = True
+            last_was_string = pushed_string
+            for full in names:
+                if not full.startswith(("torch.", "collections.OrderedDict")) and full not in found:
+                    found.append(full)
+            if len(found) >= limit:
+                break
+    except Exception:  # noqa: BLE001 - not a (complete) pickle: nothing more to learn from it
+        return found
+    return found
 
 
 def _unwrap(obj: object, filename: str) -> dict[str, torch.Tensor]:
@@ -143,9 +195,23 @@ def build_custom(
     input_size: int | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    invert: bool = False,
+    name: str | None = None,
     device: str | None = None,
 ) -> Model:
-    """A :class:`Model` of ``arch`` holding ``state``; classes and channels are read from the weights."""
+    """A :class:`Model` of ``arch`` holding ``state``; classes and channels are read from the weights.
+
+    ``invert`` (greyscale models only) flips the input (``1 - x``) for weights trained on light
+    strokes on a dark background; ``name`` overrides the model's name (by default
+    ``custom:<arch>:<source>``).
+    """
+    if input_size is not None and not MIN_INPUT_SIZE <= int(input_size) <= MAX_INPUT_SIZE:
+        raise ExplainError(f"The input size must be between {MIN_INPUT_SIZE} and {MAX_INPUT_SIZE} pixels, not {input_size}.")
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and not all(math.isfinite(float(v)) for v in values):
+            raise ExplainError(f"The {what} values must be finite numbers.")
+    if std is not None and any(float(v) <= 0 for v in std):
+        raise ExplainError("The std values must be greater than 0.")
     if arch == LENET:
         from .zoo.lenet import LeNet
 
@@ -153,10 +219,17 @@ def build_custom(
         conv = state.get(f"{_first_conv(LeNet())}.weight")
         if fc is None or conv is None:
             raise WeightsMismatchError(f"{source} does not fit LeNet: it needs 'fc.weight' and convolution weights.")
+        if fc.ndim != 2 or conv.ndim != 4:
+            raise WeightsMismatchError(
+                f"{source} does not fit LeNet: fc.weight is {tuple(fc.shape)} and the first convolution's weight "
+                f"{tuple(conv.shape)}, but they must be 2-D and 4-D."
+            )
         module: nn.Module = LeNet(num_classes=int(fc.shape[0]), in_channels=int(conv.shape[1]))
         size = input_size or 32
         in_ch = int(conv.shape[1])
-        pre = Preprocess(size, size, mean or (0.5,) * in_ch, std or (0.5,) * in_ch, in_channels=in_ch)
+        _check_channels(in_ch, mean, std, invert)
+        pre = Preprocess(size, size, mean or (0.5,) * in_ch, std or (0.5,) * in_ch, in_channels=in_ch,
+                         invert=invert and in_ch == 1)
     elif arch in torchvision_names():
         probe = get_model(arch, weights=None)
         head = _final_linear(probe)
@@ -166,10 +239,17 @@ def build_custom(
                 f"{source} does not fit {arch}: it has no '{key}' (the classifier). First keys in the file: "
                 f"{', '.join(list(state)[:5])}."
             )
+        if state[key].ndim != 2:
+            raise WeightsMismatchError(f"{source} does not fit {arch}: '{key}' is {tuple(state[key].shape)}, not 2-D.")
         n = int(state[key].shape[0])
         module = get_model(arch, weights=None, num_classes=n) if n != 1000 else probe
         conv_name = _first_conv(module)
-        in_ch = int(state.get(f"{conv_name}.weight", torch.empty(0, 3)).shape[1])
+        conv_w = state.get(f"{conv_name}.weight", torch.empty(0, 3, 1, 1))
+        if conv_w.ndim != 4:
+            raise WeightsMismatchError(
+                f"{source} does not fit {arch}: '{conv_name}.weight' is {tuple(conv_w.shape)}, not 4-D."
+            )
+        in_ch = int(conv_w.shape[1])
         if in_ch != 3:
             old = module.get_submodule(conv_name)
             assert isinstance(old, nn.Conv2d)
@@ -177,13 +257,15 @@ def build_custom(
                 in_ch, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
                 old.groups, old.bias is not None, old.padding_mode,
             ))
+        _check_channels(in_ch, mean, std, invert)
         base = Preprocess.from_torchvision(get_model_weights(arch).DEFAULT.transforms())
         size = input_size or base.input_size
         if in_ch == 3:
             pre = Preprocess(size, int(round(size * base.resize_size / base.input_size)), mean or base.mean,
                              std or base.std, base.interpolation)
         else:
-            pre = Preprocess(size, size, mean or (0.5,) * in_ch, std or (0.5,) * in_ch, base.interpolation, in_channels=in_ch)
+            pre = Preprocess(size, size, mean or (0.5,) * in_ch, std or (0.5,) * in_ch, base.interpolation,
+                             in_channels=in_ch, invert=invert and in_ch == 1)
     else:
         raise ExplainError(f"Unknown architecture '{arch}': choose '{LENET}' or a torchvision classifier name.")
     check_state_dict(module, state, source=source)
@@ -195,8 +277,56 @@ def build_custom(
         raise ExplainError(
             f"The labels file has {len(labels)} names but the weights have {n_classes} classes; give one name per class."
         )
-    name = f"custom:{arch}:{_safe(source)}"
+    name = name or f"custom:{arch}:{_safe(source)}"
     return Model(name, module, labels, pre, device=device, source="custom")
+
+
+def _check_channels(in_ch: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, invert: bool) -> None:
+    """Mean/std need one value per input channel; inverting only makes sense for greyscale input."""
+    for what, values in (("mean", mean), ("std", std)):
+        if values is not None and len(values) != in_ch:
+            raise ExplainError(
+                f"The weights take {in_ch} input channel{'s' if in_ch != 1 else ''} but {len(values)} {what} "
+                f"value{'s were' if len(values) != 1 else ' was'} given; give one per channel."
+            )
+    if invert and in_ch != 1:
+        raise ExplainError(f"Inverting the input is only for greyscale models; these weights take {in_ch} channels.")
+
+
+def read_metadata(data: bytes) -> dict:
+    """The preprocessing hints a ``.safetensors`` file may carry (``{}`` when it has none).
+
+    Reads the ``cam_explorer`` entry of the header's ``__metadata__`` (what
+    ``scripts/train_digits_lenet.py`` writes): any of ``categories``, ``input_size``, ``mean``,
+    ``std``, ``invert``. Only plain JSON is parsed; entries of the wrong type are dropped.
+    """
+    if len(data) < 8:
+        return {}
+    size = int.from_bytes(data[:8], "little")
+    if size <= 0 or size > min(len(data) - 8, MAX_HEADER_BYTES):
+        return {}
+    try:
+        header = json.loads(data[8 : 8 + size].decode("utf-8"))
+        raw = json.loads(header.get("__metadata__", {}).get(METADATA_KEY, "{}"))
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    hints: dict = {}
+    cats = raw.get("categories")
+    if isinstance(cats, list) and cats and all(isinstance(c, (str, int)) for c in cats):
+        hints["categories"] = [str(c) for c in cats]
+    size_hint = raw.get("input_size")
+    if isinstance(size_hint, int) and MIN_INPUT_SIZE <= size_hint <= MAX_INPUT_SIZE:
+        hints["input_size"] = size_hint
+    for key in ("mean", "std"):
+        values = raw.get(key)
+        if (isinstance(values, list) and values and all(isinstance(v, (int, float)) for v in values)
+                and all(math.isfinite(v) for v in values)):
+            hints[key] = tuple(float(v) for v in values)
+    if isinstance(raw.get("invert"), bool):
+        hints["invert"] = raw["invert"]
+    return hints
 
 
 def _safe(text: str) -> str:

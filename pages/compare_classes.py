@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from ui import resources, state, views, widgets
+from ui import report, resources, share, state, views, widgets
 
 COLUMNS = 5
 MAX_CLASSES = 10
@@ -56,6 +56,7 @@ with views.guard("comparing classes"):
     st.caption(SHARED_WHY)
 
     classes = list(ss[state.COMPARE_CLASSES])
+    share.publish_page({share.CLASSES: classes})
     if not classes:
         st.info("Pick at least one class above.")
         st.stop()
@@ -65,9 +66,14 @@ with views.guard("comparing classes"):
         st.warning(views.md_escape(err))
         st.stop()
     tiles = views.overlays(r, sel, normalize="shared" if shared else "per_map")
+    captions = [f"{views.class_label(categories, cls)} — {views.percent(r.prob(cls))}" for cls in r.targets]
     for row in range(0, len(tiles), COLUMNS):
         cols = st.columns(COLUMNS)
-        for col, tile, cls in zip(cols, tiles[row : row + COLUMNS], r.targets[row : row + COLUMNS]):
-            caption = f"{views.class_label(categories, cls)} — {views.percent(r.prob(cls))}"
+        for col, tile, caption in zip(cols, tiles[row : row + COLUMNS], captions[row : row + COLUMNS]):
             col.image(tile, caption=views.md_escape(caption), width="stretch")
     views.show_notices(r)
+    extra = {
+        "classes": [{"index": c, "name": categories[c], "probability": r.prob(c)} for c in r.targets],
+        "scale": "shared" if shared else "per_map",
+    }
+    report.download_button(st.container(), "compare_classes", m, sel, tiles, captions, columns=COLUMNS, extra=extra)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from ui import resources, state, views, widgets
+from ui import report, resources, share, state, views, widgets
 
 DEFAULT_METHODS = ("gradcam", "gradcam++", "cam", "layercam")
 
@@ -31,11 +31,13 @@ with views.guard("comparing methods and layers"):
     chosen = c2.multiselect("Layers (down)", names, key=state.COMPARE_LAYERS,
                             format_func=lambda n: widgets.layer_label(m, n, shapes[n]))
     rows = sorted(chosen, key=names.index)
+    share.publish_page({share.METHODS: list(methods), share.LAYERS: rows})
     if not methods or not rows:
         st.info("Pick at least one method and one layer.")
         st.stop()
 
     cells = len(methods) * len(rows)
+    tiles, captions = [], []  # the grid again, for the report
     with st.spinner(f"Computing {cells} maps…"):
         header = st.columns(len(methods))
         for col, method in zip(header, methods):
@@ -49,6 +51,13 @@ with views.guard("comparing methods and layers"):
                         r = views.run_explain(m, sel, [sel.target], layer=layer, method=method)
                     except explain.MethodNotApplicableError as err:
                         views.not_applicable(err)
+                        tiles.append(report.not_applicable_tile(str(err)))
+                        captions.append(f"{explain.TITLES.get(method, method)} · {layer} (n/a)")
                         continue
                     title = explain.TITLES.get(method, method)
-                    st.image(views.overlays(r, sel)[0], caption=views.md_escape(f"{title} · {layer}"), width="stretch")
+                    tile = views.overlays(r, sel)[0]
+                    st.image(tile, caption=views.md_escape(f"{title} · {layer}"), width="stretch")
+                    tiles.append(tile)
+                    captions.append(f"{title} · {layer}")
+    report.download_button(st.container(), "compare_methods", m, sel, tiles, captions, columns=len(methods),
+                           extra={"methods": list(methods), "layers": rows})

@@ -6,10 +6,11 @@ import streamlit as st
 
 import explain
 from explain import render
-from ui import resources, state, views
+from ui import report, resources, share, state, views
 
 with views.guard("explaining the image"):
     sel = views.need_selection()
+    share.publish_page({})  # this page has no parameters of its own
     m = resources.get_model(sel.model_name)
     title = explain.TITLES.get(sel.method, sel.method)
     st.header("Where did the model look?")
@@ -39,8 +40,11 @@ with views.guard("explaining the image"):
     views.show_notices(r)
 
     stem = f"{r.model_name}_{r.method}_{r.targets[0]}".replace("+", "p")
-    d1, d2, _ = st.columns([1, 1, 2])
+    d1, d2, d3, _ = st.columns([1, 1, 1, 1])
     d1.download_button("Download overlay (PNG)", render.to_png_bytes(overlay), file_name=f"{stem}_overlay.png",
                        mime="image/png", on_click="ignore")
     d2.download_button("Download raw map (.npy)", views.npy_bytes(r.maps.numpy()), file_name=f"{stem}_map.npy",
                        mime="application/octet-stream", on_click="ignore")
+    tiles = [r.image, views.map_image(raw.numpy(), sel.colormap, size=report.TILE), overlay]
+    captions = [sel.image_label, f"raw {title} map {h}x{w}", views.class_label(m.categories, r.targets[0])]
+    report.download_button(d3, "explain", m, sel, tiles, captions, columns=len(tiles))

@@ -83,7 +83,8 @@ def test_explain_page_renders_default_model_and_cat(model: explain.Model) -> Non
     assert f"'{escaped(name)}'" in text
     h, w = model.layer_info(model.default_layer).shape[1:]
     assert f"{h}×{w} at layer {escaped(model.default_layer)}" in text
-    assert {b.label for b in at.get("download_button")} == {"Download overlay (PNG)", "Download raw map (.npy)"}
+    assert {b.label for b in at.get("download_button")} == {"Download overlay (PNG)", "Download raw map (.npy)",
+                                                        "Download report (.zip)"}
     # The top-5 chart and the gallery are in the sidebar, whatever the page.
     assert len(at.sidebar.image) >= 1
 

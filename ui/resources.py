@@ -1,5 +1,9 @@
 """Cached resources: models (shared by every session) and decoded images (by content).
 
+A model the user built from their own weights (the *Your model* page) is the exception: it lives
+in that user's session state only (:class:`UploadedModel`), and :func:`get_model` returns it for
+its name in that session.
+
 Models go through ``st.cache_resource``: one instance per name for the whole server, shared by
 all sessions, which is safe because ``explain.Model`` never mutates its module after loading.
 The Model also keeps recent forward passes (captures) itself, so nothing here caches
@@ -20,6 +24,7 @@ from PIL import Image, ImageOps
 
 import explain
 from explain.samples import list_samples
+from ui.state import UPLOADED as UPLOADED_KEY
 
 #: How many models stay loaded at once (each EfficientNet/ResNet is tens to hundreds of MB).
 MODEL_CACHE_ENTRIES = 3
@@ -36,8 +41,45 @@ def _load_model(name: str, _progress: Callable[[int, int], None] | None = None) 
 
 
 def get_model(name: str, progress: Callable[[int, int], None] | None = None) -> explain.Model:
-    """The shared, cached model ``name`` (raises the engine's errors, e.g. WeightsUnavailableError)."""
+    """The model ``name``: this session's uploaded model if that is its name, else the shared, cached one.
+
+    Raises the engine's errors (e.g. WeightsUnavailableError).
+    """
+    mine = uploaded_model()
+    if mine is not None and mine.name == name:
+        return mine.model
     return _load_model(name, _progress=progress)
+
+
+@dataclass(frozen=True)
+class UploadedModel:
+    """A model built from one user's uploaded weights: kept in that session's state, never shared."""
+
+    model: explain.Model
+    arch: str
+    weights_name: str
+    labels_name: str  # "" when the classes are numbered
+    digest: str  # of the weights, labels and options it was built from
+
+    @property
+    def name(self) -> str:
+        """The model's (unique) name, which is also its value in the model picker."""
+        return self.model.name
+
+    @property
+    def label(self) -> str:
+        """Model picker text: ``"my_weights.pth · resnet18 (uploaded)"``."""
+        return f"{self.weights_name} · {self.arch} (uploaded)"
+
+
+def uploaded_model() -> UploadedModel | None:
+    """This session's uploaded model, if any (``None`` outside a script run, e.g. in tests)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    if get_script_run_ctx(suppress_warning=True) is None:
+        return None
+    mine = st.session_state.get(UPLOADED_KEY)
+    return mine if isinstance(mine, UploadedModel) else None
 
 
 def model_infos() -> dict[str, explain.ModelInfo]:

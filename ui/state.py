@@ -33,6 +33,13 @@ COMPARE_CLASSES = "cx.compare.classes"  # multiselect of class indices
 SHARED_SCALE = "cx.compare.shared"  # toggle mirrored onto NORMALIZE
 COMPARE_METHODS = "cx.grid.methods"  # multiselect of method names
 COMPARE_LAYERS = "cx.grid.layers"  # multiselect of layer names
+OWN_ARCH = "cx.own.arch"  # selectbox: architecture of an uploaded state_dict (Your model page)
+OWN_WEIGHTS = "cx.own.weights"  # file_uploader: .pt/.pth/.safetensors
+OWN_LABELS = "cx.own.labels"  # file_uploader: labels, one per line or a JSON list
+OWN_SIZE = "cx.own.size"  # number_input: input size in pixels, 0 = the architecture's own
+OWN_MEAN = "cx.own.mean"  # text_input: comma-separated normalisation mean ("" = default)
+OWN_STD = "cx.own.std"  # text_input: comma-separated normalisation std ("" = default)
+OWN_INVERT = "cx.own.invert"  # checkbox: greyscale input drawn light on dark
 
 # ---- plain state (not widgets) -----------------------------------------------------------------
 MODEL_GOOD = "cx.model_good"  # name of the last model that loaded
@@ -43,6 +50,13 @@ SAMPLE_CONTEXT = "cx.sample_context"  # model name the sample default was chosen
 COMPARE_CONTEXT = "cx.compare.context"  # (model, image digest) the compared classes belong to
 GRID_CONTEXT = "cx.grid.context"  # model the default grid layers were chosen for
 SELECTION = "cx.selection"  # the Selection of this run
+OWN_BUILD = "cx.own.build"  # True from the "Load my model" click until the page builds the model
+UPLOADED = "cx.own.model"  # ui.resources.UploadedModel of this session (that user's own model)
+MODEL_REQUEST = "cx.model_request"  # model name to select on the next run, before the picker is drawn
+SHARE_READ = "cx.share.read"  # True once this session's link (query parameters) was read
+#: Written by the Faithfulness page, read by the report: ``{"context": (model, image digest, target,
+#: layer), "results": {method: explain.metrics.FaithfulnessResult}}``.
+FAITH_RESULTS = "cx.faith.results"
 
 IMAGE_SOURCES: tuple[str, ...] = ("Sample", "Upload", "Camera")
 NORMALIZE_LABELS: dict[str, str] = {"per_map": "per map", "shared": "shared"}

@@ -105,7 +105,8 @@ def top5_png(predictions: tuple[tuple[int, str, float], ...]) -> bytes:
     ax = fig.add_subplot()
     bars = ax.barh(range(len(probs)), probs, color="#1f5fbf", height=0.65)
     bars[-1].set_color("#c2410c")  # the top-1
-    ax.set_yticks(range(len(names)), names, fontsize=9.5)
+    # parse_math=False: class names (a user's own labels too) are text, never mathtext ('$…$').
+    ax.set_yticks(range(len(names)), names, fontsize=9.5, parse_math=False)
     # Room on the right of the longest bar for its percentage label.
     ax.set_xlim(0, (max(probs) if probs and max(probs) > 0 else 1.0) * 1.35)
     for y, p in enumerate(probs):
@@ -226,7 +227,7 @@ def need_selection() -> Selection:
 
 # ---- small generic helpers for the pages that run long computations or show small grids ------------
 
-from typing import TYPE_CHECKING  # noqa: E402  (appended section)
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from collections.abc import Callable

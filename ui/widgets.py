@@ -17,7 +17,7 @@ from PIL import Image
 
 import explain
 from explain.io import SUPPORTED_EXTENSIONS
-from ui import resources, state, views
+from ui import resources, share, state, views
 
 DEFAULT_SAMPLE = "cat.jpg"
 DIGIT_SAMPLE = "digit_3.png"
@@ -28,23 +28,37 @@ GALLERY_COLUMNS = 3
 
 
 def sidebar() -> state.Selection | None:
-    """Draw all shared controls in the sidebar and publish this run's :class:`~ui.state.Selection`."""
+    """Draw all shared controls in the sidebar and publish this run's :class:`~ui.state.Selection`.
+
+    On a session's first run the settings in its link (``?model=…&layer=…``) are put into
+    session state just before each control is drawn (:mod:`ui.share`); after the controls,
+    the link is brought up to date with them.
+    """
     state.store(None)
+    link = share.incoming()
     sb = st.sidebar
-    model_box, image_box, explain_box = sb.container(), sb.container(), sb.container()
+    notice_box, model_box, image_box, explain_box = sb.container(), sb.container(), sb.container(), sb.container()
     display_box = sb.expander("Display", expanded=True, icon=":material/palette:")
     with model_box:
+        share.apply_model(link)
         m = model_picker()
     with image_box:
+        share.apply_image(link, m)
         label, digest, image, fit = image_picker(m)
     with display_box:
+        share.apply_display(link)
         display = display_controls()
     with explain_box:
         class_box = st.container()
+        share.apply_method(link)
         method = method_picker()
+        share.apply_layer(link, m)
         layer = layer_picker(m)
         with class_box:
+            share.apply_classes(link, m, digest)
             target, predictions = class_picker(m, image, digest, fit, layer, method)
+    with notice_box:
+        share.warn_ignored(link)
     sel = state.Selection(
         model_name=m.name,
         image=image,
@@ -58,6 +72,7 @@ def sidebar() -> state.Selection | None:
         **display,
     )
     state.store(sel)
+    share.publish(sel)
     return sel
 
 
@@ -76,13 +91,23 @@ def model_label(info: explain.ModelInfo) -> str:
 
 
 def model_picker() -> explain.Model:
-    """The model selectbox. A model that fails to load shows its error and the last good one stays."""
+    """The model selectbox. A model that fails to load shows its error and the last good one stays.
+
+    The session's uploaded model (the *Your model* page), if any, is offered after the others.
+    """
     ss = st.session_state
     infos = resources.model_infos()
+    mine = resources.uploaded_model()
+    options = list(infos) + ([mine.name] if mine is not None else [])
+    request = ss.pop(state.MODEL_REQUEST, None)
+    if request in options:  # e.g. the Your model page selecting the model it just built
+        ss[state.MODEL] = request
     ss.setdefault(state.MODEL, explain.DEFAULT_MODEL)
     requested = ss[state.MODEL]
     good = ss.get(state.MODEL_GOOD) or explain.DEFAULT_MODEL
-    if requested not in infos:
+    if good not in options:  # an uploaded model that was removed
+        good = explain.DEFAULT_MODEL
+    if requested not in options:
         requested = good
     picker_slot, status = st.container(), st.container()
     error = None
@@ -96,12 +121,19 @@ def model_picker() -> explain.Model:
         requested = good
     ss[state.MODEL] = requested  # before the widget exists, so this also moves the picker back
     ss[state.MODEL_GOOD] = requested
+
+    def label(name: str) -> str:
+        if mine is not None and name == mine.name:
+            return mine.label
+        return model_label(infos[name])
+
     picker_slot.selectbox(
         "Model",
-        options=list(infos),
-        format_func=lambda name: model_label(infos[name]),
+        options=options,
+        format_func=label,
         key=state.MODEL,
-        help="Embedded models work offline; torchvision models download their weights on first use.",
+        help="Embedded models work offline; torchvision models download their weights on first use. "
+        "Use the Your model page to load your own weights.",
     )
     if error:
         status.error(views.md_escape(error))
@@ -111,9 +143,9 @@ def model_picker() -> explain.Model:
 # ---- image ------------------------------------------------------------------------------------
 
 
-def default_sample(model_name: str) -> str:
-    """The sample shown first for a model: a digit for the digit model, the cat otherwise."""
-    return DIGIT_SAMPLE if model_name in DIGIT_MODELS else DEFAULT_SAMPLE
+def default_sample(model_name: str, in_channels: int = 3) -> str:
+    """The sample shown first for a model: a digit for the digit model (or any greyscale one), else the cat."""
+    return DIGIT_SAMPLE if model_name in DIGIT_MODELS or in_channels == 1 else DEFAULT_SAMPLE
 
 
 def image_picker(m: explain.Model) -> tuple[str, str, Image.Image | None, str]:
@@ -158,7 +190,7 @@ def _sample_input(m: explain.Model) -> tuple[bytes | None, str]:
         return None, ""
     names = [fname for _t, fname, _i in gallery]
     titles = {fname: title for title, fname, _i in gallery}
-    wanted = default_sample(m.name)
+    wanted = default_sample(m.name, m.preprocess.in_channels)
     if ss.get(state.SAMPLE_CONTEXT) != m.name:
         # A new model gets a sample it can make sense of (digits for the digit model), unless the
         # current one already suits it.

@@ -1,0 +1,625 @@
+"""Load test: N concurrent browser sessions on one ``streamlit run app.py``, plus single-user latencies.
+
+    python bench/load.py [--sessions 8] [--changes 3] [--json [PATH]] [--no-profile]
+
+One headless Chromium (Debian's, ``/usr/bin/chromium``), one browser context per session, all driven
+concurrently through Playwright's async API. Session *i* picks its own sample, method and classes
+in the sidebar exactly as a user would (mouse and keyboard on the selectboxes), then changes the
+class ``--changes`` times. Every session must end showing its **own** result (no crosstalk through
+the model that all sessions share):
+
+* the sidebar shows its sample, method and class; the overlay heading and the sentence under it
+  name its class; no exception or error box;
+* the overlay picture the browser got is, pixel for pixel, closer to the engine's own overlay for
+  this session's (sample, class, method) than to any other session's.
+
+Expected classes and overlays are computed by the engine (``explain.explain``) before the server starts.
+
+Reported: p50/p95 of *class change → updated overlay* under load (from the click on the option
+to the moment the new overlay is decoded and headed by the new class), the server's peak RSS
+(``/proc``), and single-user latencies on the embedded model: upload → first overlay, class change
+→ overlay, colormap change → overlay, against a 0.5 s target for class and colormap changes,
+with a breakdown (browser → server, script run, after the run) measured in the page and the cost of
+each step of the script measured in-process, to say what dominates when the target is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np
+from PIL import Image, ImageOps
+
+import explain
+from explain.samples import SAMPLES_DIR, sample_title
+from tests import server
+
+TARGET_S = 0.5  # class or colormap change -> updated overlay
+FIRST_MS = 240_000  # first page load (model load) under load on a 2-core machine
+STEP_MS = 180_000
+#: Methods a session may get; Score-CAM (one forward pass per channel) is left out: tens of seconds on a CPU.
+#: The app's default method comes last, so that the first sessions all change the method.
+APP_METHOD = "gradcam"
+LOAD_METHODS = tuple(m for m in explain.METHODS if m not in ("scorecam", APP_METHOD)) + (APP_METHOD,)
+PHOTO_FIRST = ("cat.jpg", "coffee.jpg", "rocket.jpg", "flower.jpg", "astronaut.jpg", "china.jpg", "cat_and_coffee.jpg")
+
+
+# ---- what each session does, and what it must end up showing (from the engine) -------------------
+
+
+@dataclass
+class Plan:
+    index: int
+    sample: str  # file name
+    title: str  # sample title in the picker
+    method: str
+    method_title: str
+    top1_label: str  # "967 · espresso": what the page shows right after the sample is picked
+    classes: list[str]  # labels picked one after another; the last one is the final state
+    final_class: int
+    final_name: str
+    expected_overlay: np.ndarray = field(repr=False, default=None)  # type: ignore[assignment]
+
+
+def label(m: explain.Model, index: int) -> str:
+    from ui import views
+
+    return views.class_label(m.categories, index)
+
+
+def engine_overlay(m: explain.Model, image: Image.Image, target: int, method: str) -> np.ndarray:
+    """The overlay the app shows with its default display settings, as float RGB, encoded the way
+    ``st.image`` sends an RGB picture to the browser (JPEG, quality 100), so that only a different
+    picture, not the codec, makes a difference."""
+    r = explain.explain(m, image, targets=[target], method=method)
+    ov = r.overlays(normalize=explain.NORMALIZATIONS[0], colormap=explain.COLORMAPS[0], alpha=0.5, smooth=0.0,
+                    contour=False)[0]
+    buf = io.BytesIO()
+    ov.convert("RGB").save(buf, format="JPEG", quality=100)
+    return np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32)
+
+
+def make_plans(m: explain.Model, sessions: int, changes: int) -> list[Plan]:
+    from ui import widgets
+
+    samples = [s for s in PHOTO_FIRST if (SAMPLES_DIR / s).exists()]
+    samples += sorted(p.name for _t, p in explain.samples.list_samples() if p.name not in samples)
+    # Session 0 starts where the app starts, so that every other session really changes the sample.
+    samples.remove(widgets.DEFAULT_SAMPLE)
+    plans: list[Plan] = []
+    used: set[int] = set()
+    for i in range(sessions):
+        sample = samples[i % len(samples)]
+        method = LOAD_METHODS[i % len(LOAD_METHODS)]
+        image = explain.load_image(SAMPLES_DIR / sample)
+        preds = explain.explain(m, image).predictions
+        others = [c for c, _n, _p in preds[1:]]
+        final = next((c for c in others if c not in used), others[0])
+        used.add(final)
+        alt = next(c for c in others if c != final)
+        seq = [alt if k % 2 == 0 else final for k in range(changes)]
+        if not seq or seq[-1] != final:
+            seq.append(final)
+        plans.append(Plan(
+            index=i, sample=sample, title=sample_title(sample), method=method,
+            method_title=explain.TITLES.get(method, method), top1_label=label(m, preds[0][0]),
+            classes=[label(m, c) for c in seq], final_class=final, final_name=m.categories[final],
+            expected_overlay=engine_overlay(m, image, final, method),
+        ))
+    return plans
+
+
+# ---- measuring in the page ----------------------------------------------------------------------
+
+# Logs every change of Streamlit's script state with its time (ms, performance.now()).
+OBSERVE_JS = """() => {
+    if (window.__cx) return;
+    window.__cx = [];
+    const app = document.querySelector('[data-testid="stApp"]');
+    new MutationObserver(() => window.__cx.push([performance.now(), app.dataset.testScriptState]))
+        .observe(app, {attributes: true, attributeFilter: ['data-test-script-state']});
+}"""
+
+#: True once the overlay shows a new picture, loaded; records that moment in window.__cxDone.
+OVERLAY_DONE_JS = """([want, old]) => {
+    for (const col of document.querySelectorAll('[data-testid="stMain"] [data-testid="stColumn"]')) {
+        const strong = col.querySelector('[data-testid="stMarkdownContainer"] strong');
+        if (!strong || strong.textContent.trim() !== 'Overlay') continue;
+        const img = col.querySelector('[data-testid="stImage"] img');
+        const label = strong.closest('p').textContent.replace(/\\s+/g, ' ').trim();
+        const ok = !!img && (!want || label.endsWith(' ' + want)) && img.complete && img.naturalWidth > 0
+            && img.src !== old;
+        if (ok && !window.__cxDone) window.__cxDone = performance.now();
+        return ok;
+    }
+    return false;
+}"""
+
+
+@dataclass
+class Change:
+    kind: str
+    total_s: float  # click -> new overlay decoded
+    to_running_s: float | None  # click -> the server reports the script running
+    script_s: float | None  # running -> not running
+    after_s: float | None  # not running -> overlay decoded (negative: the overlay came before the run ended)
+
+
+async def timed_change(page, box_label: str, option: str, want: str, timeout_ms: float = STEP_MS) -> Change:
+    """Pick ``option`` in the selectbox, wait for a new overlay headed by ``want``; time the phases."""
+    await page.evaluate(OBSERVE_JS)
+    old = (await server.overlay_state(page))["src"]
+    box = page.locator(server.SIDEBAR).get_by_role("combobox", name=box_label, exact=True)
+    await box.click(timeout=timeout_ms)
+    await box.fill(option)
+    opt = page.get_by_role("option", name=option, exact=True)
+    await opt.wait_for(timeout=timeout_ms)
+    t0 = await page.evaluate("() => { window.__cx.length = 0; window.__cxDone = 0; return performance.now(); }")
+    await opt.click(timeout=timeout_ms)
+    await page.wait_for_function(OVERLAY_DONE_JS, arg=[want, old], timeout=timeout_ms, polling="raf")
+    await server.settle(page, timeout_ms)
+    done, log = await page.evaluate("() => [window.__cxDone, window.__cx]")
+    running = next((t for t, s in log if s == "running"), None)
+    finished = next((t for t, s in log if s == "notRunning" and running is not None and t >= running), None)
+    ms = 1000.0
+    return Change(
+        kind=box_label,
+        total_s=(done - t0) / ms,
+        to_running_s=None if running is None else (running - t0) / ms,
+        script_s=None if running is None or finished is None else (finished - running) / ms,
+        after_s=None if finished is None else (done - finished) / ms,
+    )
+
+
+def overlay_distance(got: np.ndarray, want: np.ndarray) -> float:
+    if got.shape != want.shape:
+        got = np.asarray(Image.fromarray(got.astype(np.uint8)).resize(want.shape[1::-1]), dtype=np.float32)
+    return float(np.abs(got - want).mean())
+
+
+# ---- the concurrent sessions ----------------------------------------------------------------------
+
+
+@dataclass
+class SessionResult:
+    index: int
+    sample: str
+    method: str
+    final_label: str
+    first_overlay_s: float = 0.0
+    changes: list[Change] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    shown_label: str = ""
+    own_distance: float | None = None  # mean |Δ| (0..255) of its overlay to the engine's for its selection
+    overlay: np.ndarray | None = field(default=None, repr=False)
+
+
+async def run_session(browser, url: str, plan: Plan, default_label: str, start: asyncio.Event) -> SessionResult:
+    res = SessionResult(plan.index, plan.sample, plan.method, plan.classes[-1])
+    ctx = await browser.new_context(viewport=server.VIEWPORT)
+    step = "opening the page"
+    page = None
+    try:
+        page = await ctx.new_page()
+        page.on("pageerror", lambda err: res.problems.append(f"page error: {err}"))
+        await start.wait()
+        t0 = time.monotonic()
+        await page.goto(url, timeout=FIRST_MS)
+        await server.wait_overlay(page, default_label, timeout_ms=FIRST_MS)
+        await server.settle(page, FIRST_MS)
+        res.first_overlay_s = time.monotonic() - t0
+        step = f"choosing the sample {plan.title!r}"
+        old = (await server.overlay_state(page))["src"]
+        if plan.top1_label != default_label:
+            await server.choose(page, "Sample", plan.title, STEP_MS)
+            await server.wait_overlay(page, plan.top1_label, old, STEP_MS)
+        else:
+            await server.choose(page, "Sample", plan.title, STEP_MS)
+            await page.wait_for_function(
+                "t => document.querySelector('[data-testid=\"stMain\"]').innerText.includes(t + ' · ')",
+                arg=plan.title, timeout=STEP_MS)
+        await server.settle(page, STEP_MS)
+        step = f"choosing the method {plan.method_title!r}"
+        if plan.method != APP_METHOD:
+            await server.choose(page, "Method", plan.method_title, STEP_MS)
+            # Only the heading: CAM, Grad-CAM and XGrad-CAM give the same per-map overlay at the last
+            # layer of a GAP + linear head, so the overlay picture need not change.
+            await page.wait_for_function(
+                """title => [...document.querySelectorAll('[data-testid="stMain"] strong')]
+                       .some(s => s.textContent.trim() === 'Raw ' + title + ' map')""",
+                arg=plan.method_title, timeout=STEP_MS)
+            await server.settle(page, STEP_MS)
+        for cls in plan.classes:
+            step = f"choosing the class {cls!r}"
+            res.changes.append(await timed_change(page, "Class to explain", cls, cls))
+        # ---- the final state must be this session's own ----
+        step = "checking the final state"
+        state = await server.overlay_state(page)
+        res.shown_label = state["label"]
+        checks = {
+            "Sample": plan.title,
+            "Method": plan.method_title,
+            "Class to explain": plan.classes[-1],
+        }
+        for box, want in checks.items():
+            got = await server.selected(page, box)
+            if got != want:
+                res.problems.append(f"sidebar {box!r} shows {got!r}, expected {want!r}")
+        if not state["label"].endswith(" " + plan.classes[-1]):
+            res.problems.append(f"overlay heading {state['label']!r}, expected {plan.classes[-1]!r}")
+        text = await page.locator(server.MAIN).inner_text()
+        if f"'{plan.final_name}'" not in text:
+            res.problems.append(f"the sentence does not name {plan.final_name!r}")
+        if f"{plan.title} · " not in text:
+            res.problems.append(f"caption does not name the sample {plan.title!r}")
+        boxes = await server.failures(page)
+        if boxes:
+            res.problems.append(f"error boxes: {boxes}")
+        resp = await page.request.get(state["src"])
+        res.overlay = np.asarray(Image.open(io.BytesIO(await resp.body())).convert("RGB"), dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - counted as a failed session, with its reason
+        res.problems.append(f"while {step}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        if page is not None:
+            try:
+                (ROOT / "artifacts").mkdir(exist_ok=True)
+                shot = ROOT / "artifacts" / f"load_failed_session_{plan.index}.png"
+                await page.screenshot(path=str(shot))
+                res.problems.append(f"screenshot: {shot.relative_to(ROOT)}")
+            except Exception as shot_err:  # noqa: BLE001 - the page may be gone
+                res.problems.append(f"no screenshot: {type(shot_err).__name__}")
+    finally:
+        await ctx.close()
+    return res
+
+
+def crosstalk(results: list[SessionResult], plans: list[Plan]) -> None:
+    """Each session's overlay must be nearest to its own expected overlay (adds problems otherwise)."""
+    for res in results:
+        if res.overlay is None:
+            continue
+        mine = plans[res.index]
+        own = res.own_distance = overlay_distance(res.overlay, mine.expected_overlay)
+        for other in plans:
+            if other.index == res.index or overlay_distance(other.expected_overlay, mine.expected_overlay) < 1.0:
+                continue  # the same picture expected (e.g. CAM and Grad-CAM of one class): indistinguishable
+            d = overlay_distance(res.overlay, other.expected_overlay)
+            if d <= own:
+                res.problems.append(f"overlay closer to session {other.index}'s ({d:.1f}) than to its own ({own:.1f})")
+        if own > 4.0:  # mean |Δ| on 0..255, both sides through the same JPEG encoder
+            res.problems.append(f"overlay differs from the engine's by {own:.1f} on average")
+
+
+class RssPoller:
+    """Peak resident memory of the server process tree, sampled every ``every`` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        self.pid, self.every, self.peak, self.samples = pid, every, 0.0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, server.rss_mb(self.pid))
+            self.samples += 1
+            self._stop.wait(self.every)
+
+    def __enter__(self):  # returns self
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, server.rss_mb(self.pid))
+
+
+async def concurrent(url: str, plans: list[Plan], default_label: str) -> tuple[list[SessionResult], float]:
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await server.launch_chromium(p)
+        try:
+            start = asyncio.Event()
+            tasks = [asyncio.create_task(run_session(browser, url, plan, default_label, start)) for plan in plans]
+            await asyncio.sleep(0)  # let every task open its context before they all start together
+            t0 = time.monotonic()
+            start.set()
+            results = await asyncio.gather(*tasks)
+            return list(results), time.monotonic() - t0
+        finally:
+            await browser.close()
+
+
+# ---- single user ------------------------------------------------------------------------------------
+
+
+async def single_user(url: str, m: explain.Model, default_label: str, repeats: int) -> dict[str, object]:
+    from playwright.async_api import async_playwright
+
+    out: dict[str, object] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        # A picture the server has never seen (a mirrored, slightly cropped sample): a real forward pass.
+        src = explain.load_image(SAMPLES_DIR / "rocket.jpg")
+        fresh = ImageOps.mirror(src).crop((7, 5, src.width - 3, src.height - 9))
+        path = Path(tmp) / f"upload_{os.getpid()}.jpg"
+        fresh.save(path, quality=92)
+        preds = explain.explain(m, explain.load_image(path)).predictions
+        up_label = label(m, preds[0][0])
+        others = [label(m, c) for c, _n, _p in preds[1:4]]
+        async with async_playwright() as p:
+            browser = await server.launch_chromium(p)
+            try:
+                page = await (await browser.new_context(viewport=server.VIEWPORT)).new_page()
+                await page.goto(url, timeout=FIRST_MS)
+                await server.wait_overlay(page, default_label, timeout_ms=FIRST_MS)
+                await server.settle(page, STEP_MS)
+                await server.choose_image_source(page, "Upload", STEP_MS)
+                await server.settle(page, STEP_MS)
+                old = (await server.overlay_state(page))["src"]
+                t0 = time.monotonic()
+                await server.upload(page, path, STEP_MS)
+                await server.wait_overlay(page, up_label, old, STEP_MS)
+                out["upload_s"] = time.monotonic() - t0
+                await server.settle(page, STEP_MS)
+                classes = [others[k % len(others)] for k in range(repeats)]
+                out["class"] = [await timed_change(page, "Class to explain", c, c) for c in classes]
+                cmaps = [c for c in explain.COLORMAPS if c != explain.COLORMAPS[0]]
+                cmap_seq = [cmaps[k % len(cmaps)] for k in range(repeats)]
+                out["colormap"] = [await timed_change(page, "Colormap", c, "") for c in cmap_seq]
+                out["failures"] = await server.failures(page)
+            finally:
+                await browser.close()
+    return out
+
+
+# ---- in-process costs of what one rerun of the Explain page does ------------------------------------
+
+
+def profile_steps(m: explain.Model, repeats: int = 5) -> dict[str, float]:
+    """Median seconds of each step the Explain page runs after a class or colormap change (no server)."""
+    from matplotlib.figure import Figure  # noqa: F401 - imported here so its import cost is not timed
+
+    from explain import render
+
+    image = explain.load_image(SAMPLES_DIR / "coffee.jpg")
+    r0 = explain.explain(m, image)  # warm the capture, as the app's cache would be
+    classes = [c for c, _n, _p in r0.predictions]
+
+    def med(fn) -> float:
+        times = []
+        for k in range(repeats):
+            t = time.perf_counter()
+            fn(k)
+            times.append(time.perf_counter() - t)
+        return statistics.median(times)
+
+    steps: dict[str, float] = {}
+    steps["explain (cached forward, new class)"] = med(lambda k: explain.explain(m, image, targets=[classes[1 + k % 4]]))
+    r = explain.explain(m, image, targets=[classes[1]])
+    overlay = r.overlays(colormap="viridis")[0]
+    steps["overlay (colour + blend)"] = med(lambda k: r.overlays(colormap=explain.COLORMAPS[k % 3]))
+
+    def heat(k: int) -> None:
+        fig = render.heatmap_figure(r.maps[0], explain.COLORMAPS[k % 3])
+        fig.savefig(io.BytesIO(), format="png")  # what st.pyplot does
+
+    steps["raw map figure (matplotlib + PNG)"] = med(heat)
+
+    def encode(k: int) -> None:  # st.image of the view and the overlay, and the PNG for the download button
+        for img in (r.image, overlay):
+            img.save(io.BytesIO(), format="JPEG", quality=95)
+        render.to_png_bytes(overlay)
+
+    steps["image encoding (2 JPEG + download PNG)"] = med(encode)
+    steps["list models (sidebar, each run)"] = med(lambda k: explain.list_models())
+    return steps
+
+
+def apptest_rerun(m_name: str, option_class: int, repeats: int = 3) -> dict[str, float]:
+    """Whole-script rerun time in-process (AppTest: no websocket, no browser), class and colormap change."""
+    from streamlit.testing.v1 import AppTest
+
+    from ui import state
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.run()
+    at.selectbox(key=state.SAMPLE).set_value("coffee.jpg").run()
+    out: dict[str, list[float]] = {"class": [], "colormap": []}
+    classes = [c for c, _n, _p in explain.explain(explain.load_model(m_name),
+                                                  explain.load_image(SAMPLES_DIR / "coffee.jpg")).predictions]
+    cmaps = list(explain.COLORMAPS[1:])
+    for k in range(repeats):
+        t = time.perf_counter()
+        at.selectbox(key=state.TARGET).set_value(classes[1 + k % 4]).run()
+        out["class"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        at.selectbox(key=state.COLORMAP).set_value(cmaps[k % len(cmaps)]).run()
+        out["colormap"].append(time.perf_counter() - t)
+    assert not at.exception, [e.value for e in at.exception]
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+# ---- report -----------------------------------------------------------------------------------------
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return float(np.percentile(np.asarray(values), q))
+
+
+def med_or_none(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def phase_summary(changes: list[Change]) -> dict[str, float | None]:
+    return {
+        "median_s": med_or_none([c.total_s for c in changes]),
+        "to_running_s": med_or_none([c.to_running_s for c in changes]),
+        "script_s": med_or_none([c.script_s for c in changes]),
+        "after_run_s": med_or_none([c.after_s for c in changes]),
+    }
+
+
+def dominant(phases: dict[str, float | None], steps: dict[str, float], rerun_s: float | None) -> str:
+    parts = {"browser→server (websocket, rerun request)": phases["to_running_s"],
+             "script run on the server": phases["script_s"],
+             "after the run (media fetch + decode)": phases["after_run_s"]}
+    name, value = max(((k, v) for k, v in parts.items() if v is not None), key=lambda kv: kv[1], default=("?", None))
+    text = f"{name} ({value:.2f} s)" if value is not None else name
+    if name.startswith("script") and steps:
+        step, cost = max(steps.items(), key=lambda kv: kv[1])
+        known = sum(steps.values())
+        whole = rerun_s if rerun_s is not None else value
+        text += (f"; of it, in-process: whole-script rerun {whole:.2f} s, biggest step {step} {cost * 1000:.0f} ms, "
+                 f"all measured steps {known * 1000:.0f} ms, so Streamlit's own rerun work (sidebar widgets, "
+                 f"gallery, serialisation) is ~{max(0.0, whole - known) * 1000:.0f} ms")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sessions", type=int, default=8, help="concurrent browser sessions (default 8)")
+    ap.add_argument("--changes", type=int, default=3, help="class changes per session (default 3)")
+    ap.add_argument("--repeats", type=int, default=5, help="single-user repetitions per kind of change")
+    ap.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                    help="also write the results as JSON (to PATH, or stdout)")
+    ap.add_argument("--no-profile", action="store_true", help="skip the in-process step costs")
+    args = ap.parse_args(argv)
+    if server.chromium_path() is None:
+        print("no Chromium at /usr/bin/chromium: apt-get install chromium", file=sys.stderr)
+        return 2
+
+    t_all = time.monotonic()
+    m = explain.load_model(explain.DEFAULT_MODEL)
+    from ui import widgets
+
+    default_label = label(m, explain.explain(m, explain.load_image(SAMPLES_DIR / widgets.DEFAULT_SAMPLE)).predictions[0][0])
+    plans = make_plans(m, args.sessions, args.changes)
+
+    with server.streamlit_server(timeout=180) as (url, proc), RssPoller(proc.pid) as rss:
+        idle_rss = server.rss_mb(proc.pid)
+        results, wall = asyncio.run(concurrent(url, plans, default_label))
+        crosstalk(results, plans)
+        single = asyncio.run(single_user(url, m, default_label, args.repeats))
+        # The server still serves a fresh session after all that.
+        alive = proc.poll() is None
+    steps = {} if args.no_profile else profile_steps(m)
+    rerun = {} if args.no_profile else apptest_rerun(explain.DEFAULT_MODEL, 0)
+
+    load_changes = [c for r in results for c in r.changes]
+    load_totals = [c.total_s for c in load_changes]
+    failed = [r for r in results if r.problems]
+    class_ph = phase_summary(single["class"])
+    cmap_ph = phase_summary(single["colormap"])
+    report = {
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg": os.getloadavg() if hasattr(os, "getloadavg") else None},
+        "sessions": args.sessions,
+        "class_changes_per_session": args.changes,
+        "load": {
+            "wall_s": wall,
+            "first_overlay_s": {"p50": pct([r.first_overlay_s for r in results], 50),
+                                "max": max((r.first_overlay_s for r in results), default=float("nan"))},
+            "class_change_s": {"n": len(load_totals), "p50": pct(load_totals, 50), "p95": pct(load_totals, 95),
+                               "max": max(load_totals, default=float("nan"))},
+            "phases": phase_summary(load_changes),
+            "failed_sessions": len(failed),
+            "failures": {r.index: r.problems for r in failed},
+            "sessions": [{"index": r.index, "sample": r.sample, "method": r.method, "final_class": r.final_label,
+                          "shown": r.shown_label, "overlay_vs_engine": r.own_distance, "ok": not r.problems} for r in results],
+        },
+        "server_rss_mb": {"idle": idle_rss, "peak": rss.peak, "samples": rss.samples},
+        "server_alive": alive,
+        "single_user": {
+            "upload_to_overlay_s": single["upload_s"],
+            "class_change": class_ph,
+            "colormap_change": cmap_ph,
+            "class_change_all_s": [c.total_s for c in single["class"]],
+            "colormap_change_all_s": [c.total_s for c in single["colormap"]],
+            "failures": single["failures"],
+        },
+        "target_s": TARGET_S,
+        "in_process_steps_s": steps,
+        "apptest_rerun_s": rerun,
+        "total_s": time.monotonic() - t_all,
+    }
+    for kind, ph in (("class", class_ph), ("colormap", cmap_ph)):
+        report["single_user"][f"{kind}_ratio_to_target"] = ph["median_s"] / TARGET_S if ph["median_s"] else None
+        report["single_user"][f"{kind}_dominated_by"] = dominant(ph, steps, rerun.get(kind))
+
+    print_table(report)
+    if args.json:
+        text = json.dumps(report, indent=2, default=lambda o: asdict(o) if hasattr(o, "__dataclass_fields__") else str(o))
+        if args.json == "-":
+            print(text)
+        else:
+            Path(args.json).write_text(text + "\n")
+    ok = not failed and alive and not single["failures"]
+    return 0 if ok else 1
+
+
+def print_table(rep: dict) -> None:
+    f = lambda v: "—" if v is None else f"{v:.2f}"
+    ld, su = rep["load"], rep["single_user"]
+    cc = ld["class_change_s"]
+    ph = ld["phases"]
+    lines = [
+        (f"CAM Explorer load test · {rep['sessions']} concurrent sessions · {rep['machine']['cpus']} CPUs · "
+         f"load avg {', '.join(f'{x:.1f}' for x in rep['machine']['load_avg'] or [])}"),
+        "",
+        f"{'concurrent sessions':<44}{'value':>10}",
+        f"{'  sessions ok / total':<44}{rep['sessions'] - ld['failed_sessions']:>6} / {rep['sessions']}",
+        f"{'  first overlay p50 / max (s)':<44}{f(ld['first_overlay_s']['p50']):>10} / {f(ld['first_overlay_s']['max'])}",
+        f"{'  class change → overlay p50 (s)':<44}{f(cc['p50']):>10}   (n={cc['n']})",
+        f"{'  class change → overlay p95 (s)':<44}{f(cc['p95']):>10}   max {f(cc['max'])}",
+        (f"{'    median: to running / script / after (s)':<44}{f(ph['to_running_s']):>10} / {f(ph['script_s'])} / "
+         f"{f(ph['after_run_s'])}"),
+        f"{'  server RSS idle → peak (MiB)':<44}{rep['server_rss_mb']['idle']:>10.0f} → {rep['server_rss_mb']['peak']:.0f}",
+        f"{'  wall time of the concurrent part (s)':<44}{ld['wall_s']:>10.1f}",
+        "",
+        f"{'single user (embedded model)':<44}{'median s':>10}{'target':>8}{'ratio':>8}",
+        f"{'  upload → first overlay':<44}{su['upload_to_overlay_s']:>10.2f}{'':>8}{'':>8}",
+    ]
+    for kind in ("class", "colormap"):
+        p = su[f"{kind}_change"]
+        ratio = su[f"{kind}_ratio_to_target"]
+        lines.append(f"{'  ' + kind + ' change → updated overlay':<44}{f(p['median_s']):>10}{rep['target_s']:>8.2f}"
+                     f"{f(ratio):>8}")
+        lines.append(f"{'    to running / script / after (s)':<44}{f(p['to_running_s']):>10} / {f(p['script_s'])} / "
+                     f"{f(p['after_run_s'])}")
+        if ratio is not None and ratio > 1:
+            lines.append(f"    missed; dominated by: {su[f'{kind}_dominated_by']}")
+    if rep["in_process_steps_s"]:
+        lines += ["", "in-process cost of one Explain rerun's steps (median ms)"]
+        lines += [f"  {k:<42}{v * 1000:>10.1f}" for k, v in rep["in_process_steps_s"].items()]
+        for k, v in rep["apptest_rerun_s"].items():
+            lines.append(f"  {'whole script rerun, AppTest, ' + k + ' change':<42}{v * 1000:>10.1f}")
+    if ld["failures"]:
+        lines += ["", "FAILED sessions:"] + [f"  #{i}: {'; '.join(p)}" for i, p in ld["failures"].items()]
+    if su["failures"]:
+        lines += ["", f"single-user error boxes: {su['failures']}"]
+    if not rep["server_alive"]:
+        lines.append("the server died during the run")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""The "Download report" button: one .zip with a PNG of the page's grid and a JSON of everything behind it.
+
+``report.png`` is the grid the page shows (overlays with their captions drawn in, via
+``explain.render.grid``); ``report.json`` holds the settings (model, image label and digest,
+layer, method(s), classes, display), the top-5 predictions and, when the user computed them on the
+Faithfulness page for the same model, image, class and layer, the deletion/insertion AUCs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Mapping, Sequence
+
+import streamlit as st
+from PIL import Image, ImageDraw, ImageFont
+
+import explain
+from explain import render
+from ui import state
+
+PNG_NAME, JSON_NAME = "report.png", "report.json"
+TILE = 224  # px per grid cell
+NOT_APPLICABLE_GREY = (236, 236, 236)
+
+
+def not_applicable_tile(reason: str, size: int = TILE) -> Image.Image:
+    """A grey cell saying why a method does not apply (for the Compare methods grid)."""
+    tile = Image.new("RGB", (size, size), NOT_APPLICABLE_GREY)
+    draw = ImageDraw.Draw(tile)
+    font = ImageFont.load_default()
+    lines, line = [], ""
+    for word in ("Not applicable: " + reason).split():
+        if len(line) + len(word) + 1 > 34:  # characters per line of the default font in a 224 px cell
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    lines.append(line)
+    for i, text in enumerate(lines[:14]):
+        draw.text((6, 6 + 14 * i), text, fill="black", font=font)
+    return tile
+
+
+def predictions_json(predictions: Sequence[tuple[int, str, float]]) -> list[dict]:
+    """``[{"index": 281, "name": "tabby", "probability": 0.62}, …]``."""
+    return [{"index": int(i), "name": str(n), "probability": float(p)} for i, n, p in predictions]
+
+
+def faithfulness_json(sel: state.Selection) -> dict | None:
+    """Deletion/insertion AUCs per method from the Faithfulness page, if computed for this selection."""
+    stored = st.session_state.get(state.FAITH_RESULTS)
+    if not isinstance(stored, Mapping):
+        return None
+    context = stored.get("context")
+    if not isinstance(context, (tuple, list)) or tuple(context) != (
+        sel.model_name, sel.image_digest, sel.target, sel.layer
+    ):
+        return None  # computed for another model, image, class or layer: not about this report
+    results = stored.get("results")
+    if not isinstance(results, Mapping):
+        return None
+    out = {}
+    for method, result in results.items():
+        out[str(method)] = {
+            "class": int(getattr(result, "cls", sel.target)),
+            "deletion_auc": _maybe_float(getattr(result, "deletion_auc", None)),
+            "insertion_auc": _maybe_float(getattr(result, "insertion_auc", None)),
+        }
+    return out or None
+
+
+def _maybe_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def settings_json(
+    page: str, m: explain.Model, sel: state.Selection, extra: Mapping[str, object] | None = None
+) -> dict:
+    """Everything behind the picture, as plain JSON-able data."""
+    report: dict[str, object] = {
+        "app": "CAM Explorer",
+        "page": page,
+        "model": {"name": m.name, "source": m.source, "num_classes": m.num_classes},
+        "image": {"label": sel.image_label, "digest": sel.image_digest, "fit": sel.fit},
+        "layer": sel.layer,
+        "method": sel.method,
+        "target": {"index": sel.target, "name": m.categories[sel.target]},
+        "display": {
+            "colormap": sel.colormap, "alpha": sel.alpha, "smooth": sel.smooth,
+            "normalize": sel.normalize, "contour": sel.contour,
+        },
+        "predictions": predictions_json(sel.predictions),
+    }
+    report.update(extra or {})
+    faith = faithfulness_json(sel)
+    if faith is not None:
+        report["faithfulness"] = faith
+    return report
+
+
+def build_zip(
+    page: str,
+    m: explain.Model,
+    sel: state.Selection,
+    tiles: Sequence[Image.Image],
+    captions: Sequence[str],
+    columns: int,
+    extra: Mapping[str, object] | None = None,
+) -> bytes:
+    """The report as .zip bytes: ``report.png`` (the grid) and ``report.json``."""
+    sheet = render.grid(list(tiles), list(captions), columns=columns, tile=TILE)
+    data = settings_json(page, m, sel, extra)
+    data["grid"] = {"columns": max(1, min(columns, len(tiles))), "tiles": len(tiles), "tile": TILE,
+                    "captions": list(captions), "size": list(sheet.size)}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(PNG_NAME, render.to_png_bytes(sheet))
+        z.writestr(JSON_NAME, json.dumps(data, indent=2, ensure_ascii=False))
+    return buf.getvalue()
+
+
+def download_button(
+    where: st.delta_generator.DeltaGenerator,
+    page: str,
+    m: explain.Model,
+    sel: state.Selection,
+    tiles: Sequence[Image.Image],
+    captions: Sequence[str],
+    columns: int,
+    extra: Mapping[str, object] | None = None,
+) -> None:
+    """The "Download report" button (a .zip) for the grid shown on ``page``."""
+    if not tiles:
+        return
+    data = build_zip(page, m, sel, tiles, captions, columns, extra)
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{m.name}_{page}")[:80]
+    where.download_button(
+        "Download report (.zip)", data, file_name=f"{stem}_report.zip", mime="application/zip",
+        on_click="ignore", help="A PNG of this grid and a JSON of the settings, predictions and faithfulness scores.",
+    )
