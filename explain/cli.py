@@ -173,6 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (ExplainError, OSError) as exc:
             _error(f"{image}: {_reason(exc)}")
             failed += 1
+        except Exception as exc:  # noqa: BLE001 - one unexpected failure must not stop the batch
+            _error(f"{image}: unexpected {type(exc).__name__}: {_reason(exc)}")
+            failed += 1
     return EXIT_IMAGE_FAILED if failed else EXIT_OK
 
 

@@ -270,6 +270,26 @@ def test_bad_upload_shows_the_loaders_message_and_keeps_the_image(case: str) -> 
     assert widget(at, "selectbox", state.TARGET).value == top("flower.jpg")[0]
 
 
+def test_any_file_type_reaches_the_loader_and_gets_its_message() -> None:
+    """No Streamlit type filter (it would fail before the script runs): the loader judges the bytes."""
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
+    with pytest.raises(explain.ImageLoadError) as expected:
+        explain.load_image(svg, name="logo.svg")
+    at = run_ok(new_app())
+    select_upload(at)
+    run_ok(at)
+    widget(at, "file_uploader", state.UPLOAD).set_value(("logo.svg", svg, "image/svg+xml"))
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    [error] = [e.value for e in at.error]
+    assert escaped(str(expected.value)) in error
+    assert main_images(at) == 3  # the previous picture is still explained
+    # A real photo with a misleading extension is still a photo.
+    widget(at, "file_uploader", state.UPLOAD).set_value(("flower.txt", sample_bytes("flower.jpg"), "text/plain"))
+    run_ok(at)
+    assert widget(at, "selectbox", state.TARGET).value == top("flower.jpg")[0]
+
+
 def test_animated_gif_uses_its_first_frame(model: explain.Model) -> None:
     at = run_ok(new_app())
     select_upload(at)

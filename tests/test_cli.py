@@ -204,6 +204,23 @@ def test_bad_images_are_reported_and_the_others_still_done(tmp_path: pathlib.Pat
     assert len(out.strip().splitlines()) == 2  # one line per written overlay
 
 
+def test_an_unexpected_failure_on_one_image_does_not_stop_the_batch(tmp_path: pathlib.Path, capsys, monkeypatch) -> None:
+    real = cli._explain_one
+
+    def flaky(model, method, args, image, *rest):
+        if pathlib.Path(image).name == "cat.jpg":
+            raise RuntimeError("simulated engine failure")
+        return real(model, method, args, image, *rest)
+
+    monkeypatch.setattr(cli, "_explain_one", flaky)
+    out_dir = tmp_path / "out"
+    code, _out, err = run(capsys, CAT, COFFEE, "--out", out_dir)
+    assert code == 1
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"error: {CAT}: unexpected RuntimeError") and "simulated engine failure" in line
+    assert (out_dir / "coffee.json").is_file() and not (out_dir / "cat.json").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "words"),
     [

@@ -123,6 +123,21 @@ def _shorten(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+@st.cache_data(max_entries=64, show_spinner=False)
+def heatmap_png(raw: np.ndarray, colormap: str) -> bytes:
+    """The raw map with its colour bar (a matplotlib figure) as PNG bytes.
+
+    Cached by the map's values and the colormap: drawing and encoding the figure (~80 ms) was the
+    most expensive step of a class or colormap change.
+    """
+    from explain import render
+
+    fig = render.heatmap_figure(np.asarray(raw, dtype=np.float32), colormap)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    return buf.getvalue()
+
+
 def show_top5(predictions: Sequence[tuple[int, str, float]]) -> None:
     """Draw the top-5 chart where the caller is (e.g. the sidebar)."""
     st.image(top5_png(tuple((int(i), str(n), float(p)) for i, n, p in predictions)), width="stretch")

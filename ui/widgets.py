@@ -162,10 +162,7 @@ def image_picker(m: explain.Model) -> tuple[str, str, Image.Image | None, str]:
     if source == "Sample":
         data, name = _sample_input(m)
     elif source == "Upload":
-        up = st.file_uploader(
-            "Upload an image", type=list(SUPPORTED_EXTENSIONS), key=state.UPLOAD,
-            help="JPEG, PNG, WebP, BMP, GIF or TIFF, up to 20 MB.",
-        )
+        up = _uploader()
         if up is not None:
             data, name = up.getvalue(), up.name
     else:
@@ -180,6 +177,19 @@ def image_picker(m: explain.Model) -> tuple[str, str, Image.Image | None, str]:
         help="Squash keeps the whole picture (distorting it); centre crop keeps proportions but cuts the edges.",
     )
     return label, digest, image, fit
+
+
+def _uploader():
+    """The image file uploader.
+
+    No ``type=`` filter: Streamlit enforces one *before* the script runs, so a file that slips past
+    the browser's filter would end in Streamlit's generic exception box on every rerun. The loader
+    sniffs the content instead and says exactly what is wrong with a file.
+    """
+    return st.file_uploader(
+        "Upload an image", key=state.UPLOAD,
+        help=f"JPEG, PNG, WebP, BMP, GIF or TIFF, up to {st.get_option('server.maxUploadSize')} MB.",
+    )
 
 
 def _sample_input(m: explain.Model) -> tuple[bytes | None, str]:
