@@ -84,15 +84,12 @@ def label(m: explain.Model, index: int) -> str:
 
 
 def engine_overlay(m: explain.Model, image: Image.Image, target: int, method: str) -> np.ndarray:
-    """The overlay the app shows with its default display settings, as float RGB, encoded the way
-    ``st.image`` sends an RGB picture to the browser (JPEG, quality 100), so that only a different
-    picture, not the codec, makes a difference."""
+    """The overlay the app shows with its default display settings, as float RGB (the app sends
+    overlays as PNG, so the browser must show exactly these pixels)."""
     r = explain.explain(m, image, targets=[target], method=method)
     ov = r.overlays(normalize=explain.NORMALIZATIONS[0], colormap=explain.COLORMAPS[0], alpha=0.5, smooth=0.0,
                     contour=False)[0]
-    buf = io.BytesIO()
-    ov.convert("RGB").save(buf, format="JPEG", quality=100)
-    return np.asarray(Image.open(buf).convert("RGB"), dtype=np.float32)
+    return np.asarray(ov.convert("RGB"), dtype=np.float32)
 
 
 def make_plans(m: explain.Model, sessions: int, changes: int) -> list[Plan]:
@@ -301,7 +298,7 @@ def crosstalk(results: list[SessionResult], plans: list[Plan]) -> None:
             d = overlay_distance(res.overlay, other.expected_overlay)
             if d <= own:
                 res.problems.append(f"overlay closer to session {other.index}'s ({d:.1f}) than to its own ({own:.1f})")
-        if own > 4.0:  # mean |Δ| on 0..255, both sides through the same JPEG encoder
+        if own > 4.0:  # mean |Δ| on 0..255 (PNG on both sides: ~0 unless it is another picture)
             res.problems.append(f"overlay differs from the engine's by {own:.1f} on average")
 
 
@@ -417,16 +414,17 @@ def profile_steps(m: explain.Model, repeats: int = 5) -> dict[str, float]:
 
     def heat(k: int) -> None:
         fig = render.heatmap_figure(r.maps[0], explain.COLORMAPS[k % 3])
-        fig.savefig(io.BytesIO(), format="png")  # what st.pyplot does
+        fig.savefig(io.BytesIO(), format="png", dpi=150, bbox_inches="tight")
 
-    steps["raw map figure (matplotlib + PNG)"] = med(heat)
+    # The page caches this PNG per (map, colormap): paid once per new map or colormap.
+    steps["raw map figure (matplotlib + PNG, uncached)"] = med(heat)
 
     def encode(k: int) -> None:  # st.image of the view and the overlay, and the PNG for the download button
         for img in (r.image, overlay):
-            img.save(io.BytesIO(), format="JPEG", quality=95)
+            img.save(io.BytesIO(), format="PNG")
         render.to_png_bytes(overlay)
 
-    steps["image encoding (2 JPEG + download PNG)"] = med(encode)
+    steps["image encoding (3 PNG)"] = med(encode)
     steps["list models (sidebar, each run)"] = med(lambda k: explain.list_models())
     return steps
 

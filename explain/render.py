@@ -152,18 +152,25 @@ def overlay(
 
 
 def heatmap_figure(raw: np.ndarray | torch.Tensor, colormap: str = "jet", title: str = "") -> "matplotlib.figure.Figure":
-    """The raw map at its own resolution with a colour bar in its own units (a matplotlib Figure)."""
+    """The raw map at its own resolution with a colour bar in its own units (a matplotlib Figure).
+
+    A fixed layout rather than a constrained or "tight" one: those measure every text and draw
+    twice, which made this figure the slowest step of a dashboard rerun (~120 ms against ~55 ms).
+    """
     from matplotlib.figure import Figure  # no pyplot: thread-safe in a multi-user server
 
     m = _as_numpy(raw)
-    fig = Figure(figsize=(4, 3.6), dpi=100, layout="constrained")
-    ax = fig.add_subplot()
+    top = 0.89 if title else 0.98
+    # Sized for a square map (the usual case) so that it fills its axes; others keep their aspect.
+    fig = Figure(figsize=(4, 3.45 if title else 3.1), dpi=100)
+    ax = fig.add_axes((0.02, 0.02, 0.74, top - 0.02))
+    cax = fig.add_axes((0.80, 0.08, 0.045, top - 0.14))
     im = ax.imshow(m, cmap=colormap, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
         ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, shrink=0.85)
+    fig.colorbar(im, cax=cax)
     return fig
 
 
@@ -193,10 +200,13 @@ def grid(
     return sheet
 
 
-def to_png_bytes(image: Image.Image) -> bytes:
-    """PNG-encode a PIL image (for download buttons and reports)."""
+def to_png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
+    """PNG-encode a PIL image (for download buttons and reports).
+
+    ``compress_level=1`` is ~4× faster for ~10% more bytes: what an interactive page wants.
+    """
     import io
 
     buf = io.BytesIO()
-    image.save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from explain import render
 from ui import report, resources, share, state, views
 
 with views.guard("explaining the image"):
@@ -25,7 +24,7 @@ with views.guard("explaining the image"):
     left, middle, right = st.columns(3, gap="medium")
     with left:
         st.markdown("**As the model sees it**")
-        st.image(r.image, width="stretch", output_format="PNG")
+        st.image(views.png(r.image), width="stretch")
         st.caption(views.md_escape(f"{sel.image_label} · {state.FIT_LABELS.get(sel.fit, sel.fit)}"))
     with middle:
         where = "the input pixels" if r.method == "saliency" else f"layer {r.layer}"
@@ -35,14 +34,15 @@ with views.guard("explaining the image"):
         st.markdown(f"**Overlay** · {views.md_escape(views.class_label(m.categories, r.targets[0]))}")
         overlay = views.overlays(r, sel)[0]
         # PNG: Streamlit's default JPEG smears fine detail (saliency maps) and shifts colours.
-        st.image(overlay, width="stretch", output_format="PNG")
+        overlay_png = views.png(overlay)
+        st.image(overlay_png, width="stretch")
 
     st.markdown(views.explanation_caption(r))
     views.show_notices(r)
 
     stem = f"{r.model_name}_{r.method}_{r.targets[0]}".replace("+", "p")
     d1, d2, d3, _ = st.columns([1, 1, 1, 1])
-    d1.download_button("Download overlay (PNG)", render.to_png_bytes(overlay), file_name=f"{stem}_overlay.png",
+    d1.download_button("Download overlay (PNG)", overlay_png, file_name=f"{stem}_overlay.png",
                        mime="image/png", on_click="ignore")
     d2.download_button("Download raw map (.npy)", views.npy_bytes(r.maps.numpy()), file_name=f"{stem}_map.npy",
                        mime="application/octet-stream", on_click="ignore")

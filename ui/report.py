@@ -116,7 +116,8 @@ def build_zip(
                     "captions": list(captions), "size": list(sheet.size)}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        z.writestr(PNG_NAME, render.to_png_bytes(sheet))
+        # The PNG is compressed already: stored, not deflated again (built on every rerun).
+        z.writestr(PNG_NAME, render.to_png_bytes(sheet, compress_level=3), compress_type=zipfile.ZIP_STORED)
         z.writestr(JSON_NAME, json.dumps(data, indent=2, ensure_ascii=False))
     return buf.getvalue()
 

@@ -127,15 +127,26 @@ def _shorten(text: str, n: int) -> str:
 def heatmap_png(raw: np.ndarray, colormap: str) -> bytes:
     """The raw map with its colour bar (a matplotlib figure) as PNG bytes.
 
-    Cached by the map's values and the colormap: drawing and encoding the figure (~80 ms) was the
-    most expensive step of a class or colormap change.
+    Cached by the map's values and the colormap: drawing the figure (~55 ms) is the most
+    expensive step of a class or colormap change.
     """
     from explain import render
 
     fig = render.heatmap_figure(np.asarray(raw, dtype=np.float32), colormap)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=150, pil_kwargs={"compress_level": FAST_PNG})
     return buf.getvalue()
+
+
+#: PNG compression for pictures shown on a page: ~4× faster to encode than the default, ~10% larger.
+FAST_PNG = 1
+
+
+def png(image) -> bytes:
+    """A page picture as PNG bytes (exact pixels, unlike Streamlit's default JPEG), encoded fast."""
+    from explain import render
+
+    return render.to_png_bytes(image, compress_level=FAST_PNG)
 
 
 def show_top5(predictions: Sequence[tuple[int, str, float]]) -> None:
