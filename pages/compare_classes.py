@@ -70,7 +70,7 @@ with views.guard("comparing classes"):
     for row in range(0, len(tiles), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, tile, caption in zip(cols, tiles[row : row + COLUMNS], captions[row : row + COLUMNS]):
-            col.image(views.png(tile), caption=views.md_escape(caption), width="stretch")
+            col.image(views.png(tile), caption=views.md_escape(caption), width="stretch", output_format="PNG")
     views.show_notices(r)
     extra = {
         "classes": [{"index": c, "name": categories[c], "probability": r.prob(c)} for c in r.targets],

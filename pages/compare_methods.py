@@ -56,7 +56,7 @@ with views.guard("comparing methods and layers"):
                         continue
                     title = explain.TITLES.get(method, method)
                     tile = views.overlays(r, sel)[0]
-                    st.image(views.png(tile), caption=views.md_escape(f"{title} · {layer}"), width="stretch")
+                    st.image(views.png(tile), caption=views.md_escape(f"{title} · {layer}"), width="stretch", output_format="PNG")
                     tiles.append(tile)
                     captions.append(f"{title} · {layer}")
     report.download_button(st.container(), "compare_methods", m, sel, tiles, captions, columns=len(methods),

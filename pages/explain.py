@@ -24,18 +24,18 @@ with views.guard("explaining the image"):
     left, middle, right = st.columns(3, gap="medium")
     with left:
         st.markdown("**As the model sees it**")
-        st.image(views.png(r.image), width="stretch")
+        st.image(views.png(r.image), width="stretch", output_format="PNG")
         st.caption(views.md_escape(f"{sel.image_label} · {state.FIT_LABELS.get(sel.fit, sel.fit)}"))
     with middle:
         where = "the input pixels" if r.method == "saliency" else f"layer {r.layer}"
         st.markdown(f"**Raw {views.md_escape(title)} map** · {h}×{w} at {views.md_escape(where)}")
-        st.image(views.heatmap_png(raw.numpy(), sel.colormap), width="stretch")
+        st.image(views.heatmap_png(raw.numpy(), sel.colormap), width="stretch", output_format="PNG")
     with right:
         st.markdown(f"**Overlay** · {views.md_escape(views.class_label(m.categories, r.targets[0]))}")
         overlay = views.overlays(r, sel)[0]
         # PNG: Streamlit's default JPEG smears fine detail (saliency maps) and shifts colours.
         overlay_png = views.png(overlay)
-        st.image(overlay_png, width="stretch")
+        st.image(overlay_png, width="stretch", output_format="PNG")
 
     st.markdown(views.explanation_caption(r))
     views.show_notices(r)

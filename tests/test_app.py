@@ -465,3 +465,34 @@ def test_streamlit_config() -> None:
     assert config["client"]["toolbarMode"] == "minimal"
     assert config["client"]["showErrorDetails"] == "none"
     assert config["theme"]["base"] == "light"
+
+
+def test_overlays_reach_the_browser_pixel_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Overlays are sent as PNG: Streamlit's default JPEG smears saliency maps (~17/255 on average)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    sent: list[tuple[str, bytes]] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, data, mimetype, kind, filename=None):
+        if isinstance(data, bytes) and mimetype.startswith("image/"):
+            sent.append((mimetype, data))
+        return original(self, data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    at = run_ok(new_app())
+    widget(at, "selectbox", state.METHOD).set_value("saliency")
+    sent.clear()
+    run_ok(at)
+    target = widget(at, "selectbox", state.TARGET).value
+    m = resources.get_model(DEFAULT)
+    r = explain.explain(m, explain.load_image(REPO / "assets" / "samples" / CAT), targets=[target], method="saliency")
+    expected = np.asarray(r.overlays()[0].convert("RGB"))
+    shown = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for mime, data in sent
+             if mime == "image/png" and Image.open(io.BytesIO(data)).size == r.image.size]
+    assert any(s.shape == expected.shape and np.array_equal(s, expected) for s in shown)
+    assert not [mime for mime, data in sent if Image.open(io.BytesIO(data)).size == r.image.size and mime != "image/png"]

@@ -143,7 +143,10 @@ FAST_PNG = 1
 
 
 def png(image) -> bytes:
-    """A page picture as PNG bytes (exact pixels, unlike Streamlit's default JPEG), encoded fast."""
+    """A page picture as PNG bytes (exact pixels, unlike Streamlit's default JPEG), encoded fast.
+
+    Show it with ``output_format="PNG"``: on "auto" Streamlit re-encodes opaque pictures as JPEG.
+    """
     from explain import render
 
     return render.to_png_bytes(image, compress_level=FAST_PNG)
