@@ -335,16 +335,7 @@ def _positive_int(value: int, name: str) -> int:
 
 
 def _check_heat(heat: np.ndarray) -> np.ndarray:
-    if isinstance(heat, torch.Tensor):
-        heat = heat.detach().cpu().numpy()
-    h = np.asarray(heat, dtype=np.float64)
-    if h.ndim == 3 and h.shape[0] == 1:
-        h = h[0]
-    if h.ndim != 2 or h.size == 0:
-        raise ExplainError(f"A heatmap must be one 2-D [H, W] array, not an array of shape {h.shape}.")
-    if not np.all(np.isfinite(h)):
-        raise ExplainError("The heatmap contains NaN or infinite values, so it gives no pixel order.")
-    return h
+    return render.single_map(heat, "A heatmap", dtype=np.float64)
 
 
 def _order(heat: np.ndarray | None, ranking: np.ndarray | None, size: tuple[int, int]) -> np.ndarray:

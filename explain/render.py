@@ -30,6 +30,20 @@ def _as_numpy(maps: torch.Tensor | np.ndarray) -> np.ndarray:
     return np.asarray(maps, dtype=np.float32)
 
 
+def single_map(heat: torch.Tensor | np.ndarray, what: str = "A heatmap", dtype=np.float32) -> np.ndarray:
+    """``heat`` as one finite 2-D ``[H, W]`` array (a leading batch of one is dropped), or an error."""
+    if isinstance(heat, torch.Tensor):
+        heat = heat.detach().cpu().numpy()
+    h = np.asarray(heat, dtype=dtype)
+    if h.ndim == 3 and h.shape[0] == 1:
+        h = h[0]
+    if h.ndim != 2 or h.size == 0:
+        raise ExplainError(f"{what} must be one 2-D [H, W] array, not an array of shape {h.shape}.")
+    if not np.all(np.isfinite(h)):
+        raise ExplainError(f"{what} contains NaN or infinite values, so it gives no pixel order.")
+    return h
+
+
 def normalize_maps(
     maps: torch.Tensor | np.ndarray, mode: Normalize = "per_map", clip_percentile: float | None = None
 ) -> np.ndarray:

@@ -363,15 +363,7 @@ def _prob(model: Model, image: Image.Image, cls: int, fit: Fit) -> float:
 
 
 def _as_map(heat: object, size: tuple[int, int]) -> np.ndarray:
-    if isinstance(heat, torch.Tensor):
-        heat = heat.detach().cpu().numpy()
-    h = np.asarray(heat, dtype=np.float32)
-    if h.ndim == 3 and h.shape[0] == 1:
-        h = h[0]
-    if h.ndim != 2 or h.size == 0:
-        raise ExplainError(f"A map function must return one 2-D [H, W] map, not an array of shape {h.shape}.")
-    if not np.all(np.isfinite(h)):
-        raise ExplainError("The map contains NaN or infinite values.")
+    h = render.single_map(heat, "The map a map function returns")
     if h.shape != size:
         h = render.upsample(h[None], size)[0]
     return h
