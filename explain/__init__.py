@@ -26,7 +26,7 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .explanation import Explanation, explain
-from .io import load_image
+from .io import SUPPORTED_EXTENSIONS, load_image
 from .methods import METHODS, TITLES, get_method
 from .model import INPUT_LAYER, Capture, Model
 from .preprocess import FITS, Preprocess
@@ -41,6 +41,7 @@ from .registry import (
     weights_file,
 )
 from .render import COLORMAPS, NORMALIZATIONS
+from .samples import SAMPLES_DIR, list_samples, sample_title
 from . import custom, metrics, sanity, teach  # noqa: E402  (submodules, part of the public API)
 from .custom import build_custom, custom_architectures, read_labels, read_state_dict
 from .metrics import FaithfulnessResult, compare_methods, deletion_insertion, plain_reading
@@ -56,4 +57,5 @@ __all__ = [
     "weights_file", "custom", "metrics", "sanity", "teach", "build_custom", "custom_architectures",
     "read_labels", "read_state_dict", "FaithfulnessResult", "compare_methods", "deletion_insertion",
     "plain_reading", "SanityResult", "cascading_randomisation", "Walkthrough", "walkthrough",
+    "SUPPORTED_EXTENSIONS", "SAMPLES_DIR", "list_samples", "sample_title",
 ]

@@ -23,7 +23,6 @@ import streamlit as st
 from PIL import Image, ImageOps
 
 import explain
-from explain.samples import list_samples
 from ui.state import UPLOADED as UPLOADED_KEY
 
 #: How many models stay loaded at once (each EfficientNet/ResNet is tens to hundreds of MB).
@@ -159,7 +158,7 @@ def decode_image(data: bytes, name: str) -> Decoded:
 @st.cache_data(show_spinner=False)
 def read_sample(filename: str) -> bytes:
     """Bytes of a bundled sample (by file name)."""
-    for _title, path in list_samples():
+    for _title, path in explain.list_samples():
         if path.name == filename:
             return pathlib.Path(path).read_bytes()
     raise explain.ImageLoadError(f"There is no sample called {filename!r}.")
@@ -169,7 +168,7 @@ def read_sample(filename: str) -> bytes:
 def sample_gallery() -> list[tuple[str, str, Image.Image]]:
     """``(title, file name, thumbnail)`` for every bundled sample."""
     out = []
-    for title, path in list_samples():
+    for title, path in explain.list_samples():
         try:
             img = explain.load_image(path)
         except explain.ImageLoadError:

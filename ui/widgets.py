@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 import explain
-from explain.io import SUPPORTED_EXTENSIONS
 from ui import resources, share, state, views
 
 DEFAULT_SAMPLE = "cat.jpg"
