@@ -19,8 +19,6 @@ import explain
 from explain import custom
 from ui import resources, state, views
 
-WEIGHT_TYPES = ["pt", "pth", "safetensors"]
-LABEL_TYPES = ["txt", "json"]
 MAX_WEIGHTS_MB = 200  # more than the images' limit: ResNet-50 weights are ~100 MB
 MAX_SHOWN_CLASSES = 12
 INTRO = (
@@ -157,12 +155,14 @@ with views.guard("loading your model"):
         ss[state.OWN_ARCH] = custom.LENET
     arch = st.selectbox("Architecture", archs, key=state.OWN_ARCH, format_func=arch_label,
                         help="The network your weights were trained with (its torchvision name).")
+    # No type= filters: Streamlit enforces them before the script runs (its generic error box, on
+    # every rerun); the engine's readers give a specific message for any file instead.
     weights = st.file_uploader(
-        "Weights (state_dict)", type=WEIGHT_TYPES, key=state.OWN_WEIGHTS, max_upload_size=MAX_WEIGHTS_MB,
+        "Weights (state_dict)", key=state.OWN_WEIGHTS, max_upload_size=MAX_WEIGHTS_MB,
         help=f".pt/.pth from torch.save(model.state_dict(), …) or .safetensors, up to {MAX_WEIGHTS_MB} MB.",
     )
     labels_file = st.file_uploader(
-        "Class names (optional)", type=LABEL_TYPES, key=state.OWN_LABELS,
+        "Class names (optional)", key=state.OWN_LABELS,
         help="One name per line, or a JSON list, in class-index order. Without it the classes are numbered.",
     )
     with st.expander("Input options (optional)"):
