@@ -91,7 +91,8 @@ async def _drive(base_url: str, expected: dict[str, object], console: list[str])
             # ---- Compare classes via the top navigation ----
             t0 = time.monotonic()
             await server.open_page(page, "Compare classes", STEP_MS)
-            await page.wait_for_url("**/compare_classes", timeout=STEP_MS)
+            # By path: the shareable-link query string follows the page and may or may not be there yet.
+            await page.wait_for_url(lambda u: urlparse(u).path.endswith("/compare_classes"), timeout=STEP_MS)
             await page.locator(server.MAIN).get_by_role("heading", name="Compare classes").wait_for(timeout=STEP_MS)
             await page.wait_for_function(
                 """n => [...document.querySelectorAll('[data-testid="stMain"] [data-testid="stImage"] img')]
