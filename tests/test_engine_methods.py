@@ -7,7 +7,6 @@ the engine's taps removed on the copy), so the shared model is never touched.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 import numpy as np
