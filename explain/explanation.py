@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -134,6 +135,14 @@ def _class_indices(model: Model, targets: Sequence[int | str]) -> list[int]:
 
 def _cpu_twin(model: Model) -> Model:
     """A CPU copy of a GPU model (made once), for when the GPU runs out of memory."""
+    with _TWIN_LOCK:  # two sessions running out of GPU memory at once build one twin, not two
+        return _cpu_twin_locked(model)
+
+
+_TWIN_LOCK = threading.Lock()
+
+
+def _cpu_twin_locked(model: Model) -> Model:
     twin = getattr(model, "_cpu_twin", None)
     if twin is None:
         import copy
