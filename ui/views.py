@@ -229,6 +229,10 @@ def ensure_app_entry() -> None:
     mode until the first ``st.navigation`` call of the server's life; a deep link opened first
     after a restart (``/compare_classes``) would then run the page without ``app.py``, i.e.
     without the sidebar. Leaving that mode and rerunning keeps the requested page.
+
+    A consequence for page authors: ``AppTest`` starts every run in that mode, so the rerun here
+    drops a click read as ``if st.button(...)``. Page buttons act through ``on_click`` callbacks,
+    which run before the script and survive the rerun.
     """
     try:
         from streamlit.runtime.pages_manager import PagesManager
