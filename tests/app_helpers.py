@@ -10,17 +10,13 @@ import functools
 import io
 import pathlib
 
+from corpus import bomb_png, encode
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 import explain
 from explain.samples import SAMPLES_DIR
 from ui import state, views
-
-try:
-    from tests.corpus import bomb_png, encode
-except ImportError:  # tests/ on sys.path rather than the repository root
-    from corpus import bomb_png, encode
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")

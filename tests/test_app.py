@@ -14,44 +14,26 @@ import urllib.error
 import pytest
 import tomllib
 import torch
+from app_helpers import (
+    REPO,
+    animated_gif,
+    bad_uploads,
+    engine_predictions,
+    escaped,
+    image_captions,
+    main_images,
+    markdown_text,
+    new_app,
+    run_ok,
+    sample_bytes,
+    select_upload,
+    widget,
+)
 from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, StopException
 from streamlit.testing.v1 import AppTest
 
 import explain
 from ui import resources, state, views, widgets
-
-try:
-    from tests.app_helpers import (
-        REPO,
-        animated_gif,
-        bad_uploads,
-        engine_predictions,
-        escaped,
-        image_captions,
-        main_images,
-        markdown_text,
-        new_app,
-        run_ok,
-        sample_bytes,
-        select_upload,
-        widget,
-    )
-except ImportError:  # tests/ on sys.path rather than the repository root
-    from app_helpers import (  # type: ignore[no-redef]
-        REPO,
-        animated_gif,
-        bad_uploads,
-        engine_predictions,
-        escaped,
-        image_captions,
-        main_images,
-        markdown_text,
-        new_app,
-        run_ok,
-        sample_bytes,
-        select_upload,
-        widget,
-    )
 
 DEFAULT = explain.DEFAULT_MODEL
 CAT = "cat.jpg"

@@ -14,6 +14,7 @@ import pickle
 import pytest
 import torch
 import torchvision
+from app_helpers import escaped, image_captions, main_images, markdown_text, new_app, run_ok, widget
 from streamlit.testing.v1 import AppTest
 
 import explain
@@ -21,19 +22,6 @@ from explain import custom
 from explain.samples import SAMPLES_DIR
 from explain.zoo.lenet import WEIGHTS_PATH, LeNet
 from ui import resources, share, state, widgets
-
-try:
-    from tests.app_helpers import escaped, image_captions, main_images, markdown_text, new_app, run_ok, widget
-except ImportError:  # tests/ on sys.path rather than the repository root
-    from app_helpers import (  # type: ignore[no-redef]
-        escaped,
-        image_captions,
-        main_images,
-        markdown_text,
-        new_app,
-        run_ok,
-        widget,
-    )
 
 PAGE = "pages/own_model.py"
 DIGIT_LABELS = [f"digit {name}" for name in ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")]

@@ -12,6 +12,16 @@ import zipfile
 
 import numpy as np
 import pytest
+from app_helpers import (
+    engine_predictions,
+    escaped,
+    main_images,
+    new_app,
+    run_ok,
+    sample_bytes,
+    select_upload,
+    widget,
+)
 from PIL import Image
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.runtime.state.query_params_proxy import QueryParamsProxy
@@ -21,29 +31,6 @@ import explain
 from explain import render
 from explain.metrics import FaithfulnessResult
 from ui import report, resources, share, state, widgets
-
-try:
-    from tests.app_helpers import (
-        engine_predictions,
-        escaped,
-        main_images,
-        new_app,
-        run_ok,
-        sample_bytes,
-        select_upload,
-        widget,
-    )
-except ImportError:  # tests/ on sys.path rather than the repository root
-    from app_helpers import (  # type: ignore[no-redef]
-        engine_predictions,
-        escaped,
-        main_images,
-        new_app,
-        run_ok,
-        sample_bytes,
-        select_upload,
-        widget,
-    )
 
 DEFAULT = explain.DEFAULT_MODEL
 #: The sidebar controls a link sets: (widget kind, session-state key).

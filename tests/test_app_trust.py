@@ -12,17 +12,13 @@ import hashlib
 
 import pytest
 import torch
+from app_helpers import escaped, markdown_text, new_app, run_ok, widget
 from streamlit.runtime.scriptrunner_utils.exceptions import StopException
 from torch import nn
 
 import explain
 from explain.samples import SAMPLES_DIR
 from ui import resources, state
-
-try:
-    from tests.app_helpers import escaped, markdown_text, new_app, run_ok, widget
-except ImportError:  # tests/ on sys.path rather than the repository root
-    from app_helpers import escaped, markdown_text, new_app, run_ok, widget  # type: ignore[no-redef]
 
 DEFAULT = explain.DEFAULT_MODEL
 FAITH = "pages/faithfulness.py"

@@ -13,37 +13,22 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from app_helpers import (
+    engine_predictions,
+    escaped,
+    main_images,
+    markdown_text,
+    new_app,
+    run_ok,
+    sample_bytes,
+    select_upload,
+    widget,
+)
+from corpus import Case, build_cases
 
 import explain
 from explain.io import SUPPORTED_EXTENSIONS
 from ui import resources, state, views
-
-try:
-    from tests.app_helpers import (
-        engine_predictions,
-        escaped,
-        main_images,
-        markdown_text,
-        new_app,
-        run_ok,
-        sample_bytes,
-        select_upload,
-        widget,
-    )
-    from tests.corpus import Case, build_cases
-except ImportError:  # tests/ on sys.path rather than the repository root
-    from app_helpers import (  # type: ignore[no-redef]
-        engine_predictions,
-        escaped,
-        main_images,
-        markdown_text,
-        new_app,
-        run_ok,
-        sample_bytes,
-        select_upload,
-        widget,
-    )
-    from corpus import Case, build_cases  # type: ignore[no-redef]
 
 CASES = build_cases()
 # A spread of the kinds: empty, text, SVG, truncated, bomb, too small, and good ones that need care

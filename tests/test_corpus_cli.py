@@ -18,16 +18,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from corpus import RED, WHITE, Case, bad_input_corpus, build_cases
 from PIL import Image
 
 import explain
 from explain import cli
 from explain.samples import SAMPLES_DIR
-
-try:
-    from tests.corpus import RED, WHITE, Case, bad_input_corpus, build_cases
-except ImportError:  # tests/ on sys.path rather than the repository root
-    from corpus import RED, WHITE, Case, bad_input_corpus, build_cases  # type: ignore[no-redef]
 
 CASES = build_cases()
 GOOD = SAMPLES_DIR / "cat.jpg"

@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+from corpus import Case, bad_input_corpus, build_cases, encode, photo_like
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -17,11 +18,6 @@ from PIL import Image, ImageFile
 from explain.errors import ExplainError, ImageLoadError
 from explain.io import MAX_ASPECT_RATIO, MIN_SIDE, SUPPORTED_EXTENSIONS, load_image
 from explain.samples import SAMPLES_DIR
-
-try:
-    from tests.corpus import Case, bad_input_corpus, build_cases, encode, photo_like
-except ImportError:  # tests/ on sys.path rather than the repository root
-    from corpus import Case, bad_input_corpus, build_cases, encode, photo_like
 
 CASES = build_cases()
 CASE_IDS = [c.name for c in CASES]
