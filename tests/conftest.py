@@ -112,3 +112,19 @@ def cat_coffee_img() -> Image.Image:
 def sample_image() -> Callable[[str], Image.Image]:
     """Factory ``sample_image("rocket.jpg")``."""
     return sample
+
+
+def oom_once(monkeypatch, model: explain.Model) -> list[str]:
+    """Make this model instance's next capture raise CUDA out-of-memory (once); returns a call log."""
+    real = model.capture
+    log: list[str] = []
+
+    def capture(x, layer):
+        if not log:
+            log.append("oom")
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+        log.append("ok")
+        return real(x, layer)
+
+    monkeypatch.setattr(model, "capture", capture)  # this instance only
+    return log

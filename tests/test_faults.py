@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import oom_once
 from torch import nn
 
 import explain
@@ -138,22 +139,6 @@ def test_abandoned_scorecam_leaves_no_partial_state_lite0(small_batches):
 
 # ---- GPU out of memory -----------------------------------------------------------------------------
 
-def _oom_once(monkeypatch, model: explain.Model) -> list[str]:
-    """Make this model instance's next capture raise CUDA OOM (once); returns a call log."""
-    real = model.capture
-    log: list[str] = []
-
-    def capture(x, layer):
-        if not log:
-            log.append("oom")
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        log.append("ok")
-        return real(x, layer)
-
-    monkeypatch.setattr(model, "capture", capture)  # this instance only
-    return log
-
-
 @pytest.mark.parametrize(
     ("name", "sample", "method", "targets"),
     [
@@ -169,7 +154,7 @@ def test_gpu_oom_falls_back_to_cpu_twin(monkeypatch, name, sample, method, targe
     assert not expected.notices
     hooks = _hook_count(model.module)
 
-    log = _oom_once(monkeypatch, model)
+    log = oom_once(monkeypatch, model)
     r = explain.explain(model, image, targets=targets, method=method)
     assert log == ["oom"], "the fallback must not retry on the model that ran out of memory"
     assert any("CPU" in n and "memory" in n for n in r.notices), r.notices
@@ -188,7 +173,7 @@ def test_gpu_oom_falls_back_to_cpu_twin(monkeypatch, name, sample, method, targe
         assert torch.equal(p.cpu(), q)
 
     # A second OOM reuses the twin instead of copying the model again; a normal call is unaffected.
-    _oom_once(monkeypatch, model)
+    oom_once(monkeypatch, model)
     again = explain.explain(model, image, targets=targets, method=method)
     assert model._cpu_twin is twin and again.notices == r.notices
     monkeypatch.undo()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import torch
+from conftest import oom_once
 
 import explain
 from explain.samples import SAMPLES_DIR
@@ -172,17 +173,7 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu(monkeypatch: pytest.MonkeyPatc
     cpu_model, gpu_model = pair("efficientnet_lite0")
     before = snapshot(gpu_model)
     image = explain.load_image(CAT)
-    real = gpu_model.capture
-    calls: list[str] = []
-
-    def capture(x: torch.Tensor, layer: str | None) -> object:
-        if not calls:
-            calls.append("oom")
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
-        calls.append("ok")
-        return real(x, layer)
-
-    monkeypatch.setattr(gpu_model, "capture", capture)  # this instance only
+    calls = oom_once(monkeypatch, gpu_model)
     r = explain.explain(gpu_model, image, method="gradcam")
     assert calls == ["oom"], "the fallback must not retry on the GPU"
     assert any("GPU ran out of memory" in n for n in r.notices), r.notices
