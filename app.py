@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from ui import views, widgets
+from ui import page, widgets
 
 st.set_page_config(page_title="CAM Explorer", page_icon=":material/frame_inspect:", layout="wide",
                    initial_sidebar_state=340)
@@ -22,7 +22,7 @@ PAGES = [
     st.Page("pages/own_model.py", title="Your model", icon=":material/upload_file:"),
 ]
 
-page = st.navigation(PAGES, position="top")
-with st.sidebar, views.guard("setting up the controls"):
+current = st.navigation(PAGES, position="top")
+with st.sidebar, page.guard("setting up the controls"):
     widgets.sidebar()
-page.run()
+current.run()

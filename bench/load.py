@@ -56,7 +56,7 @@ STEP_MS = 180_000
 #: Methods a session may get; Score-CAM (one forward pass per channel) is left out: tens of seconds on a CPU.
 #: The app's default method comes last, so that the first sessions all change the method.
 APP_METHOD = "gradcam"
-LOAD_METHODS = tuple(m for m in explain.METHODS if m not in ("scorecam", APP_METHOD)) + (APP_METHOD,)
+LOAD_METHODS = tuple(m for m in explain.method_names() if m not in ("scorecam", APP_METHOD)) + (APP_METHOD,)
 PHOTO_FIRST = ("cat.jpg", "coffee.jpg", "rocket.jpg", "flower.jpg", "astronaut.jpg", "china.jpg", "cat_and_coffee.jpg")
 
 
@@ -78,9 +78,9 @@ class Plan:
 
 
 def label(m: explain.Model, index: int) -> str:
-    from ui import views
+    from ui import text as ui_text
 
-    return views.class_label(m.categories, index)
+    return ui_text.class_label(m.categories, index)
 
 
 def engine_overlay(m: explain.Model, image: Image.Image, target: int, method: str) -> np.ndarray:
@@ -115,7 +115,7 @@ def make_plans(m: explain.Model, sessions: int, changes: int) -> list[Plan]:
             seq.append(final)
         plans.append(Plan(
             index=i, sample=sample, title=sample_title(sample), method=method,
-            method_title=explain.TITLES.get(method, method), top1_label=label(m, preds[0][0]),
+            method_title=explain.get_method(method).title, top1_label=label(m, preds[0][0]),
             classes=[label(m, c) for c in seq], final_class=final, final_name=m.categories[final],
             expected_overlay=engine_overlay(m, image, final, method),
         ))

@@ -25,13 +25,17 @@ from .errors import (
     WeightsMismatchError,
     WeightsUnavailableError,
 )
-from .explanation import Explanation, explain
+from .explanation import Explanation, explain, predict_top, top_predictions
 from .io import SUPPORTED_EXTENSIONS, load_image
-from .methods import METHODS, TITLES, get_method
+from .methods import DEFAULT_METHOD, Method, Param, TITLES, all_methods, get_method, method_names
+from .methods import register as register_method, unregister as unregister_method
+from . import methods  # submodule, part of the public API
 from .model import INPUT_LAYER, Capture, Model
+from .progress import CancelCheck, Progress
 from .preprocess import FITS, Preprocess
 from .registry import (
     DEFAULT_MODEL,
+    get_spec,
     ModelInfo,
     checkpoint_dir,
     imagenet_categories,
@@ -41,11 +45,13 @@ from .registry import (
     weights_file,
 )
 from .render import COLORMAPS, NORMALIZATIONS
-from .samples import SAMPLES_DIR, list_samples, sample_title
-from . import custom, metrics, sanity, teach  # noqa: E402  (submodules, part of the public API)
+from .samples import SAMPLES_DIR, list_samples, sample_kind, sample_title
+from .families import COLOUR_SAMPLE, GREY_SAMPLE, Architecture, Built, ModelSpec, register_architecture, register_model
+from . import custom, metrics, render, sanity, teach  # submodules, part of the public API
 from .custom import build_custom, custom_architectures, read_labels, read_state_dict
-from .metrics import FaithfulnessResult, compare_methods, deletion_insertion, plain_reading
+from .metrics import FaithfulnessResult, MethodComparison, compare_methods, deletion_insertion, plain_reading
 from .sanity import SanityResult, cascading_randomisation
+from .teach import TEACH_CAM, TEACH_GRADCAM
 from .teach import Walkthrough, walkthrough
 
 __all__ = [
@@ -54,8 +60,19 @@ __all__ = [
     "Model", "ModelInfo", "Preprocess", "UnknownClassError", "UnknownLayerError", "UnknownMethodError",
     "UnknownModelError", "WeightsMismatchError", "WeightsUnavailableError", "checkpoint_dir", "explain",
     "get_method", "imagenet_categories", "list_models", "load_image", "load_model", "model_names",
-    "weights_file", "custom", "metrics", "sanity", "teach", "build_custom", "custom_architectures",
+    "weights_file", "custom", "metrics", "render", "sanity", "teach", "build_custom", "custom_architectures",
     "read_labels", "read_state_dict", "FaithfulnessResult", "compare_methods", "deletion_insertion",
     "plain_reading", "SanityResult", "cascading_randomisation", "Walkthrough", "walkthrough",
     "SUPPORTED_EXTENSIONS", "SAMPLES_DIR", "list_samples", "sample_title",
+    "DEFAULT_METHOD", "Method", "Param", "all_methods", "method_names", "methods", "predict_top",
+    "top_predictions", "MethodComparison", "CancelCheck", "Progress", "sample_kind", "COLOUR_SAMPLE",
+    "GREY_SAMPLE", "Architecture", "Built", "ModelSpec", "register_architecture", "register_model", "get_spec",
+    "register_method", "unregister_method", "TEACH_CAM", "TEACH_GRADCAM",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``explain.METHODS``: every registered method's name, computed on access (plug-ins included).
+    if name == "METHODS":
+        return method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -21,11 +21,11 @@ from typing import TextIO
 import matplotlib
 import numpy as np
 
-from . import COLORMAPS, DEFAULT_MODEL, FITS, METHODS, NORMALIZATIONS
+from . import COLORMAPS, DEFAULT_MODEL, FITS, NORMALIZATIONS
 from .errors import ExplainError, UnknownClassError
 from .explanation import explain
 from .io import load_image
-from .methods import Method, get_method
+from .methods import DEFAULT_METHOD, Method, all_methods, get_method
 from .model import Model
 from .registry import load_model
 
@@ -86,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"model name (default: {DEFAULT_MODEL})")
     p.add_argument("--layer", default=None, help="target layer (default: the model's last feature map; saliency ignores it)")
-    p.add_argument("--method", default="gradcam", help=f"one of {', '.join(METHODS)} (default: gradcam)")
+    names = ", ".join(m.name for m in all_methods())
+    p.add_argument("--method", default=DEFAULT_METHOD, help=f"one of {names} (default: {DEFAULT_METHOD})")
     p.add_argument(
         "--targets", default="top1",
         help=f"classes to explain: topN (N = 1..{MAX_TOP}, default top1) or a comma list of class "
@@ -151,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         method, targets = _check_options(args)
         model = _load(args)
-        if not method.input_layer:
+        if not method.on_input:
             model.layer_info(args.layer)  # UnknownLayerError before any image is read
             method.check(model, args.layer or model.default_layer)
         classes = [resolve_class(model, c) for c in targets.classes]

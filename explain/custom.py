@@ -9,6 +9,7 @@ mismatching keys or shapes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import math
@@ -20,22 +21,80 @@ import torch
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
+from . import zoo
 from .errors import ExplainError, WeightsMismatchError
+from .families import Architecture, declared_architecture, declared_architectures
 from .model import Model
 from .preprocess import Preprocess
 from .registry import torchvision_names
 from .zoo.checks import check_state_dict
 from .zoo.lenet import METADATA_KEY  # the metadata entry the embedded weights carry
 
-LENET = "lenet"
+LENET = "lenet"  # CAM Explorer's own LeNet (explain/zoo/lenet.py)
 MAX_LABELS_BYTES = 1_000_000
 MIN_INPUT_SIZE, MAX_INPUT_SIZE = 8, 1024  # pixels, square input
 MAX_HEADER_BYTES = 10_000_000  # a .safetensors header bigger than this is not read for hints
 
 
 def custom_architectures() -> list[str]:
-    """Architectures a state dict can be loaded into: the built-in LeNet, then torchvision's."""
-    return [LENET] + torchvision_names()
+    """Architectures a state dict can be loaded into: the declared ones (LeNet…), then torchvision's."""
+    zoo.declare()
+    return [a.name for a in declared_architectures()] + torchvision_names()
+
+
+def architecture(name: str) -> Architecture:
+    """The declaration of upload architecture ``name`` (declared ones, then torchvision's)."""
+    zoo.declare()
+    spec = declared_architecture(name)
+    if spec is not None:
+        return spec
+    if name in torchvision_names():
+        return _torchvision_architecture(name)
+    raise ExplainError(f"Unknown architecture '{name}': choose one of {', '.join(custom_architectures()[:4])}, … "
+                       "(explain.custom_architectures() lists them).")
+
+
+def _torchvision_architecture(arch: str) -> Architecture:
+    """A torchvision classifier as an upload target: classes and input channels from the weights."""
+
+    def build(state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+        probe = get_model(arch, weights=None)
+        head = _final_linear(probe)
+        key = f"{head}.weight"
+        if key not in state:
+            raise WeightsMismatchError(
+                f"{source} does not fit {arch}: it has no '{key}' (the classifier). First keys in the file: "
+                f"{', '.join(list(state)[:5])}."
+            )
+        if state[key].ndim != 2:
+            raise WeightsMismatchError(f"{source} does not fit {arch}: '{key}' is {tuple(state[key].shape)}, not 2-D.")
+        n = int(state[key].shape[0])
+        module = get_model(arch, weights=None, num_classes=n) if n != 1000 else probe
+        conv_name = _first_conv(module)
+        conv_w = state.get(f"{conv_name}.weight", torch.empty(0, 3, 1, 1))
+        if conv_w.ndim != 4:
+            raise WeightsMismatchError(
+                f"{source} does not fit {arch}: '{conv_name}.weight' is {tuple(conv_w.shape)}, not 4-D."
+            )
+        in_ch = int(conv_w.shape[1])
+        if in_ch != 3:
+            old = module.get_submodule(conv_name)
+            assert isinstance(old, nn.Conv2d)
+            _replace(module, conv_name, nn.Conv2d(
+                in_ch, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
+                old.groups, old.bias is not None, old.padding_mode,
+            ))
+        return module
+
+    def preprocess(in_ch: int, input_size: int | None) -> Preprocess:
+        base = Preprocess.from_torchvision(get_model_weights(arch).DEFAULT.transforms())
+        size = input_size or base.input_size
+        if in_ch == 3:
+            return Preprocess(size, int(round(size * base.resize_size / base.input_size)), base.mean, base.std,
+                              base.interpolation)
+        return Preprocess(size, size, (0.5,) * in_ch, (0.5,) * in_ch, base.interpolation, in_channels=in_ch)
+
+    return Architecture(name=arch, description=f"torchvision {arch}", build=build, preprocess=preprocess)
 
 
 def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
@@ -212,62 +271,15 @@ def build_custom(
             raise ExplainError(f"The {what} values must be finite numbers.")
     if std is not None and any(float(v) <= 0 for v in std):
         raise ExplainError("The std values must be greater than 0.")
-    if arch == LENET:
-        from .zoo.lenet import LeNet
-
-        fc = state.get("fc.weight")
-        conv = state.get(f"{_first_conv(LeNet())}.weight")
-        if fc is None or conv is None:
-            raise WeightsMismatchError(f"{source} does not fit LeNet: it needs 'fc.weight' and convolution weights.")
-        if fc.ndim != 2 or conv.ndim != 4:
-            raise WeightsMismatchError(
-                f"{source} does not fit LeNet: fc.weight is {tuple(fc.shape)} and the first convolution's weight "
-                f"{tuple(conv.shape)}, but they must be 2-D and 4-D."
-            )
-        module: nn.Module = LeNet(num_classes=int(fc.shape[0]), in_channels=int(conv.shape[1]))
-        size = input_size or 32
-        in_ch = int(conv.shape[1])
-        _check_channels(in_ch, mean, std, invert)
-        pre = Preprocess(size, size, mean or (0.5,) * in_ch, std or (0.5,) * in_ch, in_channels=in_ch,
-                         invert=invert and in_ch == 1)
-    elif arch in torchvision_names():
-        probe = get_model(arch, weights=None)
-        head = _final_linear(probe)
-        key = f"{head}.weight"
-        if key not in state:
-            raise WeightsMismatchError(
-                f"{source} does not fit {arch}: it has no '{key}' (the classifier). First keys in the file: "
-                f"{', '.join(list(state)[:5])}."
-            )
-        if state[key].ndim != 2:
-            raise WeightsMismatchError(f"{source} does not fit {arch}: '{key}' is {tuple(state[key].shape)}, not 2-D.")
-        n = int(state[key].shape[0])
-        module = get_model(arch, weights=None, num_classes=n) if n != 1000 else probe
-        conv_name = _first_conv(module)
-        conv_w = state.get(f"{conv_name}.weight", torch.empty(0, 3, 1, 1))
-        if conv_w.ndim != 4:
-            raise WeightsMismatchError(
-                f"{source} does not fit {arch}: '{conv_name}.weight' is {tuple(conv_w.shape)}, not 4-D."
-            )
-        in_ch = int(conv_w.shape[1])
-        if in_ch != 3:
-            old = module.get_submodule(conv_name)
-            assert isinstance(old, nn.Conv2d)
-            _replace(module, conv_name, nn.Conv2d(
-                in_ch, old.out_channels, old.kernel_size, old.stride, old.padding, old.dilation,
-                old.groups, old.bias is not None, old.padding_mode,
-            ))
-        _check_channels(in_ch, mean, std, invert)
-        base = Preprocess.from_torchvision(get_model_weights(arch).DEFAULT.transforms())
-        size = input_size or base.input_size
-        if in_ch == 3:
-            pre = Preprocess(size, int(round(size * base.resize_size / base.input_size)), mean or base.mean,
-                             std or base.std, base.interpolation)
-        else:
-            pre = Preprocess(size, size, mean or (0.5,) * in_ch, std or (0.5,) * in_ch, base.interpolation,
-                             in_channels=in_ch, invert=invert and in_ch == 1)
-    else:
-        raise ExplainError(f"Unknown architecture '{arch}': choose '{LENET}' or a torchvision classifier name.")
+    spec = architecture(arch)
+    module = spec.build(state, source)
+    in_ch = int(module.get_submodule(_first_conv(module)).in_channels)
+    _check_channels(in_ch, mean, std, invert)
+    pre = spec.preprocess(in_ch, input_size)
+    pre = dataclasses.replace(
+        pre, mean=tuple(mean) if mean is not None else pre.mean, std=tuple(std) if std is not None else pre.std,
+        invert=bool(invert) and in_ch == 1,
+    )
     check_state_dict(module, state, source=source)
     module.load_state_dict(state)
     n_classes = int(state[f"{_final_linear(module)}.weight"].shape[0])
@@ -278,7 +290,7 @@ def build_custom(
             f"The labels file has {len(labels)} names but the weights have {n_classes} classes; give one name per class."
         )
     name = name or f"custom:{arch}:{_safe(source)}"
-    return Model(name, module, labels, pre, device=device, source="custom")
+    return Model(name, module, labels, pre, device=device, source="custom", default_layer=spec.default_layer)
 
 
 def _check_channels(in_ch: int, mean: tuple[float, ...] | None, std: tuple[float, ...] | None, invert: bool) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -11,16 +10,11 @@ import torch
 from PIL import Image
 
 from . import render
-from .errors import ExplainError
-from .methods import CancelCheck, Progress, get_method, layer_for
-from .model import INPUT_LAYER, Model, strip_taps
+from .methods import DEFAULT_METHOD, Method, get_method
+from .model import Model
 from .preprocess import Fit
+from .progress import CancelCheck, Progress, check_image_and_fit
 from .render import Normalize
-
-
-# Input gradients are sparse: scale them to their 99th percentile so that more than a handful of
-# pixels is visible (as in Smilkov et al., "SmoothGrad", 2017).
-SALIENCY_CLIP_PERCENTILE = 99.0
 
 
 @dataclass
@@ -37,12 +31,17 @@ class Explanation:
     image: Image.Image  # as the model saw it
     probs: np.ndarray  # [N] probabilities of every class for the unmasked image
     notices: list[str] = field(default_factory=list)
+    options: dict[str, float | int] = field(default_factory=dict)  # the method's options, as used
+
+    @property
+    def method_info(self) -> Method:
+        """The :class:`~explain.methods.Method` that made these maps (its title, flags, options)."""
+        return get_method(self.method)
 
     def heatmaps(self, normalize: Normalize = "per_map", smooth: float = 0.0) -> np.ndarray:
         """``[K, H, W]`` float32 in [0, 1] at the size of the model-view image."""
         w, h = self.image.size
-        clip = SALIENCY_CLIP_PERCENTILE if self.method == "saliency" else None
-        return render.heatmaps(self.maps, (h, w), normalize, smooth, clip)
+        return render.heatmaps(self.maps, (h, w), normalize, smooth, self.method_info.clip_percentile)
 
     def overlays(
         self,
@@ -69,10 +68,11 @@ def explain(
     image: Image.Image,
     targets: Sequence[int | str] | None = None,
     layer: str | None = None,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     top_k: int = 5,
     fit: Fit = "squash",
     *,
+    options: dict[str, object] | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
 ) -> Explanation:
@@ -80,39 +80,38 @@ def explain(
 
     The forward pass of (model, image, layer) is kept by the model, so calling again with other
     targets or another method of the same layer costs only a batched backward through the head.
+    ``options`` are the method's own parameters (``get_method(method).params`` declares them).
     """
-    if not isinstance(image, Image.Image):
-        raise ExplainError(f"explain() needs a PIL image, not {type(image).__name__}; use explain.load_image().")
+    check_image_and_fit(image, fit, "explain")
     m = get_method(method)
-    if not m.input_layer:
+    opts = m.options(options)
+    if not m.on_input:
         m.check(model, layer or model.default_layer)
     notices: list[str] = []
     try:
         view, x = model.view_and_tensor(image, fit)  # moving the input to the GPU can run out too
-        return _run(model, m, view, x, targets, layer, top_k, progress, cancel, notices)
+        return _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices)
     except torch.cuda.OutOfMemoryError:
-        fallback = _cpu_twin(model)
+        fallback = model.cpu_twin()
         notices.append("The GPU ran out of memory; this explanation was computed on the CPU instead.")
         model.clear_cache()
         view, x = fallback.view_and_tensor(image, fit)
-        return _run(fallback, m, view, x, targets, layer, top_k, progress, cancel, notices)
+        return _run(fallback, m, view, x, targets, layer, top_k, opts, progress, cancel, notices)
 
 
-def _run(model, m, view, x, targets, layer, top_k, progress, cancel, notices) -> Explanation:
-    cap_layer = layer_for(m, layer, model)
+def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices) -> Explanation:
+    cap_layer = m.capture_layer(model, layer)
     cap = model.capture(x, cap_layer)
     probs = cap.probs.detach().cpu()
-    k = max(1, min(int(top_k), model.num_classes))
-    top = torch.topk(probs, k)
-    predictions = [(int(i), model.categories[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+    predictions = top_predictions(probs, model.categories, top_k)
     if targets is None or len(targets) == 0:
         classes = [predictions[0][0]]
     else:
         classes = _class_indices(model, targets)
-    maps = m.maps(model, cap, classes, progress=progress, cancel=cancel)
+    maps = m.maps(model, cap, classes, progress=progress, cancel=cancel, options=opts)
     return Explanation(
         model_name=model.name,
-        layer=cap_layer if cap_layer != INPUT_LAYER else "input",
+        layer=cap_layer,
         method=m.name,
         targets=classes,
         target_names=[model.categories[c] for c in classes],
@@ -121,7 +120,26 @@ def _run(model, m, view, x, targets, layer, top_k, progress, cancel, notices) ->
         image=view,
         probs=probs.numpy(),
         notices=notices,
+        options=opts,
     )
+
+
+def top_predictions(probs: torch.Tensor, categories: Sequence[str], k: int = 5) -> list[tuple[int, str, float]]:
+    """``[(index, name, probability), ...]`` of the ``k`` most probable classes, best first."""
+    k = max(1, min(int(k), len(categories)))
+    top = torch.topk(probs.detach().float().cpu(), k)
+    return [(int(i), categories[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+
+
+def predict_top(model: Model, image: Image.Image, fit: Fit = "squash", *, layer: str | None = None,
+                method: str = DEFAULT_METHOD, k: int = 5) -> list[tuple[int, str, float]]:
+    """The top-``k`` predictions of ``image``, from the very capture an explanation by ``method``
+    at ``layer`` will reuse (so predicting first costs no extra forward pass)."""
+    check_image_and_fit(image, fit, "predict_top")
+    m = get_method(method)
+    _view, x = model.view_and_tensor(image, fit)
+    cap = model.capture(x, m.capture_layer(model, layer))
+    return top_predictions(cap.probs, model.categories, k)
 
 
 def _class_indices(model: Model, targets: Sequence[int | str]) -> list[int]:
@@ -131,30 +149,3 @@ def _class_indices(model: Model, targets: Sequence[int | str]) -> list[int]:
         if all(0 <= t < n for t in targets):
             return list(targets)  # type: ignore[arg-type]
     return [model.class_index(t) for t in targets]
-
-
-def _cpu_twin(model: Model) -> Model:
-    """A CPU copy of a GPU model (made once), for when the GPU runs out of memory."""
-    with _TWIN_LOCK:  # two sessions running out of GPU memory at once build one twin, not two
-        return _cpu_twin_locked(model)
-
-
-_TWIN_LOCK = threading.Lock()
-
-
-def _cpu_twin_locked(model: Model) -> Model:
-    twin = getattr(model, "_cpu_twin", None)
-    if twin is None:
-        import copy
-
-        # Pre-seed deepcopy's memo with CPU copies of the tensors, so that no second copy of the
-        # model is made on a GPU that has just run out of memory.
-        memo: dict[int, object] = {}
-        for p in model.module.parameters():
-            memo[id(p)] = torch.nn.Parameter(p.detach().cpu(), requires_grad=p.requires_grad)
-        for b in model.module.buffers():
-            memo[id(b)] = b.detach().cpu()
-        module = strip_taps(copy.deepcopy(model.module, memo))
-        twin = Model(model.name, module, model.categories, model.preprocess, device="cpu", source=model.source)
-        model._cpu_twin = twin  # type: ignore[attr-defined]
-    return twin

@@ -27,7 +27,7 @@ so blending before or after normalisation is the same thing and every step image
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -38,14 +38,13 @@ from PIL import Image, ImageFilter
 from . import render
 from .errors import Cancelled, ExplainError, MethodNotApplicableError
 from .explanation import explain as _explain
-from .methods import TITLES, get_method
+from .methods import get_method
 from .model import Model
-from .preprocess import FITS, Fit
+from .preprocess import Fit
+from .progress import CancelCheck, Progress, check_image_and_fit
 
 Mode = Literal["deletion", "insertion", "both"]
 Baseline = Literal["zero", "blur", "mean"]
-Progress = Callable[[int, int], None]
-CancelCheck = Callable[[], bool]
 
 MODES: tuple[str, ...] = ("deletion", "insertion", "both")
 BASELINES: tuple[str, ...] = ("zero", "blur", "mean")
@@ -146,10 +145,7 @@ def deletion_insertion(
     ``model.predict``; ``progress(done, total)`` is called after each batch (images done, images in
     all) and ``cancel()`` is checked before each one (→ :class:`~explain.Cancelled`).
     """
-    if not isinstance(image, Image.Image):
-        raise ExplainError(f"deletion_insertion() needs a PIL image, not {type(image).__name__}; use explain.load_image().")
-    if fit not in FITS:
-        raise ExplainError(f"Unknown fit {fit!r}: use one of {', '.join(FITS)}.")
+    check_image_and_fit(image, fit, "deletion_insertion")
     if mode not in MODES:
         raise ExplainError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
     if baseline is not None and baseline not in BASELINES:
@@ -215,6 +211,29 @@ def deletion_insertion(
     )
 
 
+RANDOM_KEY = "random"  # ``MethodComparison.method`` of the random yardstick
+
+
+@dataclass
+class MethodComparison:
+    """One row of :func:`compare_methods`: a method's faithfulness, or why it does not apply."""
+
+    method: str  # method name, or RANDOM_KEY for the random yardstick
+    title: str
+    heat: np.ndarray | None = None  # [H, W] in [0, 1]; None for the random order or on error
+    result: FaithfulnessResult | None = None
+    error: str | None = None  # why the method does not apply to this model/layer
+    is_random: bool = False
+
+    @property
+    def deletion_auc(self) -> float | None:
+        return self.result.deletion_auc if self.result is not None else None
+
+    @property
+    def insertion_auc(self) -> float | None:
+        return self.result.insertion_auc if self.result is not None else None
+
+
 def compare_methods(
     model: Model,
     image: Image.Image,
@@ -229,13 +248,12 @@ def compare_methods(
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
     seed: int = 0,
-) -> list[dict]:
+) -> list[MethodComparison]:
     """Curves and areas for each method's pixel order, then for a seeded random order.
 
-    Returns one dict per method, then one for ``"random"``, with keys ``method``, ``title``,
-    ``heat`` (``[H, W]`` in [0, 1], None for random or on error), ``result``
-    (:class:`FaithfulnessResult` or None), ``deletion_auc``, ``insertion_auc`` and ``error`` (None, or
-    the reason a method does not apply to this model/layer). Unknown method names raise.
+    Returns one :class:`MethodComparison` per method, then one for the random yardstick
+    (``is_random``). A method that does not apply to this model/layer gets its ``error`` instead
+    of a result. Unknown method names raise.
     Maps come from :func:`explain.explain`, so the model's capture cache is reused.
     ``progress(done, total)`` counts curve images over all rows.
     """
@@ -246,8 +264,7 @@ def compare_methods(
     steps = _positive_int(steps, "steps")
     if mode not in MODES:
         raise ExplainError(f"Unknown mode {mode!r}: use one of {', '.join(MODES)}.")
-    if not isinstance(image, Image.Image):
-        raise ExplainError(f"compare_methods() needs a PIL image, not {type(image).__name__}; use explain.load_image().")
+    check_image_and_fit(image, fit, "compare_methods")
     view = model.preprocess.view(image, fit)
     size = (view.size[1], view.size[0])
     # The random yardstick is a random map at the target layer's resolution (see random_ranking).
@@ -260,34 +277,32 @@ def compare_methods(
         if progress is not None:
             progress(done_before + done, total)
 
-    rows: list[dict] = []
-    for name in [*names, "random"]:
+    rows: list[MethodComparison] = []
+    for name in [*names, None]:  # None: the random yardstick
         if cancel is not None and cancel():
             raise Cancelled("The method comparison was cancelled.")
-        row: dict = {"method": name, "title": TITLES.get(name, RANDOM_TITLE), "heat": None, "result": None,
-                     "deletion_auc": None, "insertion_auc": None, "error": None}
-        if name == "random":
+        row_heat: np.ndarray | None = None
+        if name is None:
             heat, ranking = None, random_ranking(size, seed, grid=random_grid)
         else:
             try:
                 r = _explain(model, image, targets=[c], layer=layer, method=name, fit=fit, cancel=cancel)
             except MethodNotApplicableError as e:
-                row["error"] = str(e)
-                rows.append(row)
+                rows.append(MethodComparison(name, get_method(name).title, error=str(e)))
                 total -= per_run
                 continue
             # Rank on the raw map, upsampled: the display heatmap of saliency is clipped at a
             # percentile, which would turn its top pixels into one big tie.
             heat = render.upsample(r.maps[:1].numpy(), size)[0]
             ranking = None
-            row["heat"] = r.heatmaps("per_map")[0]
+            row_heat = r.heatmaps("per_map")[0]
         res = deletion_insertion(
             model, image, c, heat, ranking=ranking, steps=steps, mode=mode, fit=fit,
             batch_size=batch_size, progress=sub_progress, cancel=cancel,
         )
         done_before += per_run
-        row.update(result=res, deletion_auc=res.deletion_auc, insertion_auc=res.insertion_auc)
-        rows.append(row)
+        title = RANDOM_TITLE if name is None else get_method(name).title
+        rows.append(MethodComparison(name or RANDOM_KEY, title, heat=row_heat, result=res, is_random=name is None))
     return rows
 
 
@@ -382,6 +397,8 @@ __all__ = [
     "INSERTION_BASELINE",
     "MODES",
     "FaithfulnessResult",
+    "MethodComparison",
+    "RANDOM_KEY",
     "compare_methods",
     "deletion_insertion",
     "plain_reading",

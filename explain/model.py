@@ -29,9 +29,15 @@ from torch import nn
 
 from .errors import ExplainError, UnknownClassError, UnknownLayerError
 from .layers import LayerInfo, LayerTable, discover, to_grid
+from .families import COLOUR_SAMPLE, GREY_SAMPLE
 from .preprocess import Fit, Preprocess
 
-INPUT_LAYER = "<input>"  # pseudo layer of input-gradient (saliency) captures
+#: The one name of "the input pixels" as a capture layer (methods with ``on_input``).
+INPUT_LAYER = "input"
+#: Std of the normal draw for parameters of modules without ``reset_parameters`` (position
+#: embeddings, class tokens, layer-scale vectors) when a copy of the model is randomised: the
+#: truncated-normal scale timm and torchvision use for them.
+FALLBACK_INIT_STD = 0.02
 
 
 @dataclass
@@ -121,7 +127,7 @@ class Capture:
         grid = to_grid(leaf.detach(), layer) if layer is not None else leaf.detach()
         self.activation = grid[0]  # [C, h, w]
         self._grads: dict[int, torch.Tensor] = {}
-        self.extras: dict[str, object] = {}  # per-method caches (e.g. Score-CAM channel scores)
+        self.extras: dict[str, object] = {}  # per-method caches (e.g. Score-CAM channel scores); see set_extra
         self._lock = threading.Lock()
         self.cost = 0  # bytes charged to the model's capture budget
 
@@ -157,6 +163,11 @@ class Capture:
             ]
             return torch.stack(parts)
 
+    def set_extra(self, key: str, value: object) -> None:
+        """Keep a per-method result with this capture (e.g. Score-CAM's masked-pass scores)."""
+        with self._lock:
+            self.extras[key] = value
+
     def nbytes(self) -> int:
         return int(self.activation.numel() * self.activation.element_size() * 4 + self.input.numel() * 4)
 
@@ -191,6 +202,8 @@ class Model:
         freeze: bool = True,
         capture_cache: int = 8,
         capture_budget_mb: float = 256.0,
+        default_sample: str | None = None,
+        default_layer: str | None = None,
     ) -> None:
         self.name = name
         self.source = source
@@ -206,6 +219,11 @@ class Model:
         self.preprocess = preprocess
         example = torch.zeros(1, preprocess.in_channels, preprocess.input_size, preprocess.input_size, device=self.device)
         self._table: LayerTable = discover(module, example)
+        if default_layer is not None and self._table.get(default_layer) is None:
+            raise ExplainError(f"Model '{name}' declares default layer '{default_layer}', which is no candidate layer.")
+        self._default_layer = default_layer
+        #: The sample photo the dashboard starts with for this model (a digit for greyscale input).
+        self.default_sample = default_sample or (GREY_SAMPLE if preprocess.in_channels == 1 else COLOUR_SAMPLE)
         with torch.no_grad():
             out = module(example)
         if out.ndim != 2 or out.shape[1] != len(self.categories):
@@ -240,8 +258,9 @@ class Model:
 
     @property
     def default_layer(self) -> str:
-        """Recommended target layer: the last spatial feature map before global pooling."""
-        return self._table.default
+        """Recommended target layer: the model's declared one, else the last spatial feature map
+        before global pooling."""
+        return self._default_layer or self._table.default
 
     @property
     def num_classes(self) -> int:
@@ -380,27 +399,63 @@ class Model:
         """Estimated memory held by the kept captures (bounded by ``capture_budget_mb``)."""
         return self._cached_bytes
 
-    def randomized_copy(self, layers: Iterable[str] = (), *, seed: int = 0) -> "Model":
-        """A deep copy whose named submodules get freshly initialised weights (sanity checks).
+    def randomised_copy(self, layers: Iterable[str] = (), *, seed: int = 0) -> "Model":
+        """A deep copy in which every parameter of the named submodules is freshly drawn.
 
-        The shared model is only read (deep-copied), never changed.
+        Modules with ``reset_parameters`` use their own initialisation; parameters of the others
+        (position embeddings, class tokens, layer-scale vectors) are drawn from a normal
+        distribution with std :data:`FALLBACK_INIT_STD`, so "randomised" means every weight. The
+        shared model is only read (deep-copied), never changed.
         """
         module = plain_copy(self.module)  # the new Model installs its own taps
-        gen = torch.random.fork_rng(devices=[])
-        with gen:
+        names = list(layers)
+        mods = dict(module.named_modules())
+        with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            mods = dict(module.named_modules())
-            for name in layers:
+            for name in names:
                 for sub in mods[name].modules():
                     if hasattr(sub, "reset_parameters"):
                         sub.reset_parameters()
+        gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
+        with torch.no_grad():
+            for name in names:
+                for sub in mods[name].modules():
+                    if hasattr(sub, "reset_parameters"):
+                        continue
+                    for p in sub.parameters(recurse=False):
+                        p.copy_(torch.randn(p.shape, generator=gen) * FALLBACK_INIT_STD)
         return Model(
             f"{self.name} (randomised)", module, self.categories, self.preprocess,
-            device=self.device, source=self.source, capture_cache=2,
+            device=self.device, source=self.source, capture_cache=2, default_sample=self.default_sample,
+            default_layer=self._default_layer,
         )
+
+    def cpu_twin(self) -> "Model":
+        """A CPU copy of this (GPU) model, made once and kept, for when the GPU runs out of memory.
+
+        Two sessions running out of memory at once build one twin, not two.
+        """
+        with _TWIN_LOCK:
+            twin = self.__dict__.get("_cpu_twin")
+            if twin is None:
+                # Pre-seed deepcopy's memo with CPU copies of the tensors, so that no second copy of
+                # the model is made on a GPU that has just run out of memory.
+                memo: dict[int, object] = {}
+                for p in self.module.parameters():
+                    memo[id(p)] = torch.nn.Parameter(p.detach().cpu(), requires_grad=p.requires_grad)
+                for b in self.module.buffers():
+                    memo[id(b)] = b.detach().cpu()
+                module = strip_taps(copy.deepcopy(self.module, memo))
+                twin = Model(self.name, module, self.categories, self.preprocess, device="cpu", source=self.source,
+                             default_sample=self.default_sample, default_layer=self._default_layer)
+                self.__dict__["_cpu_twin"] = twin
+            return twin
 
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.num_classes} classes, default layer {self.default_layer!r}, {self.device})"
+
+
+_TWIN_LOCK = threading.Lock()
 
 
 def _digest(t: torch.Tensor) -> str:

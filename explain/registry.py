@@ -13,20 +13,23 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 import torchvision
 from torchvision.models import get_model, get_model_weights, list_models as _tv_list_models
 
+from . import zoo
 from .errors import UnknownModelError, WeightsUnavailableError
+from .families import Built, DownloadProgress, ModelSpec, declared_model, declared_models, imagenet_categories
 from .model import Model
 from .preprocess import Preprocess
 
-DEFAULT_MODEL = "efficientnet_lite0"
-EMBEDDED = ("efficientnet_lite0", "digits_lenet")
+__all__ = [
+    "DEFAULT_MODEL", "ModelInfo", "checkpoint_dir", "get_spec", "imagenet_categories", "list_models",
+    "load_model", "model_names", "torchvision_names", "weights_file",
+]
 
-DownloadProgress = Callable[[int, int], None]  # (bytes so far, total bytes or 0 if unknown)
+DEFAULT_MODEL = "efficientnet_lite0"
 
 
 @dataclass(frozen=True)
@@ -46,9 +49,14 @@ def torchvision_names() -> list[str]:
     return sorted(_tv_list_models(module=torchvision.models))
 
 
+def _declared() -> list[ModelSpec]:
+    zoo.declare()
+    return declared_models()
+
+
 def model_names() -> list[str]:
-    """Embedded models first (the default first of all), then torchvision's classifiers."""
-    return list(EMBEDDED) + torchvision_names()
+    """Declared models first (the embedded default first of all), then torchvision's classifiers."""
+    return [s.name for s in _declared()] + torchvision_names()
 
 
 def checkpoint_dir() -> str:
@@ -74,18 +82,45 @@ def weights_file(name: str, weights: str = "default") -> str:
     return os.path.join(checkpoint_dir(), os.path.basename(w.url))
 
 
+def _torchvision_spec(name: str) -> ModelSpec:
+    """The spec of a torchvision classifier, read from torchvision's own registry and weights."""
+    default = get_model_weights(name).DEFAULT
+
+    def load(weights: str | None, progress: DownloadProgress | None) -> Built:
+        w = _weights_enum(name, weights) if weights is not None else None
+        if w is not None:
+            _ensure_downloaded(name, w, progress)
+            module = _build_with_cached(name, w)
+        else:
+            module = get_model(name, weights=None)
+        meta = w or default
+        return Built(module, list(meta.meta["categories"]), Preprocess.from_torchvision(meta.transforms()))
+
+    return ModelSpec(
+        name=name, source="torchvision", load=load, description=f"{name}, ImageNet ({default.name})",
+        size_mb=float(default.meta.get("_file_size", 0.0)), weights_file=os.path.basename(default.url),
+        cached=lambda: os.path.exists(weights_file(name)),
+    )
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The declaration of model ``name`` (declared models, then torchvision's classifiers)."""
+    key = name.strip()
+    zoo.declare()
+    spec = declared_model(key)
+    if spec is not None:
+        return spec
+    if key in torchvision_names():
+        return _torchvision_spec(key)
+    close = [n for n in model_names() if key.lower()[:4] in n][:5]
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise UnknownModelError(f"Unknown model '{name}'.{hint} See explain.model_names() for all of them.")
+
+
 def list_models() -> list[ModelInfo]:
     """Every loadable model with whether its weights are already on disk."""
-    infos = [
-        ModelInfo("efficientnet_lite0", "embedded", True, "", 18.0, "EfficientNet-Lite0, ImageNet (embedded default)"),
-        ModelInfo("digits_lenet", "embedded", True, "", 0.1, "LeNet on handwritten digits (embedded)"),
-    ]
-    for name in torchvision_names():
-        w = get_model_weights(name).DEFAULT
-        path = os.path.join(checkpoint_dir(), os.path.basename(w.url))
-        size = float(w.meta.get("_file_size", 0.0))
-        infos.append(ModelInfo(name, "torchvision", os.path.exists(path), os.path.basename(w.url), size, f"{name}, ImageNet ({w.name})"))
-    return infos
+    specs = _declared() + [_torchvision_spec(n) for n in torchvision_names()]
+    return [ModelInfo(s.name, s.source, s.cached(), s.weights_file, s.size_mb, s.description) for s in specs]
 
 
 def load_model(
@@ -101,53 +136,10 @@ def load_model(
     a torchvision weights name (``"IMAGENET1K_V1"``), or ``None`` for random initialisation.
     Raises :class:`UnknownModelError` or :class:`WeightsUnavailableError` with what to do.
     """
-    key = name.strip()
-    if key == "efficientnet_lite0":
-        from .zoo import efficientnet_lite0 as lite0
-        import timm
-
-        module = lite0.build(pretrained=weights is not None)
-        pre = Preprocess.from_timm(timm.data.resolve_data_config({}, model=module))
-        return Model(key, module, imagenet_categories(), pre, device=device, source="embedded")
-    if key == "digits_lenet":
-        return _load_digits(weights, device)
-    if key not in torchvision_names():
-        close = [n for n in model_names() if key.lower()[:4] in n][:5]
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise UnknownModelError(f"Unknown model '{name}'.{hint} See explain.model_names() for all of them.")
-    w = _weights_enum(key, weights) if weights is not None else None
-    default = get_model_weights(key).DEFAULT
-    meta = (w or default)
-    if w is not None:
-        _ensure_downloaded(key, w, progress)
-        module = _build_with_cached(key, w)
-    else:
-        module = get_model(key, weights=None)
-    pre = Preprocess.from_torchvision(meta.transforms())
-    return Model(key, module, meta.meta["categories"], pre, device=device, source="torchvision")
-
-
-def imagenet_categories() -> list[str]:
-    """The 1000 ImageNet class names in index order, from torchvision's weights metadata."""
-    return list(get_model_weights("resnet50").DEFAULT.meta["categories"])
-
-
-def _load_digits(weights: str | None, device) -> Model:
-    from .zoo import lenet
-
-    module, categories, cfg = lenet.load_digits_lenet()
-    if weights is None:
-        module = lenet.LeNet(num_classes=len(categories), in_channels=int(cfg.get("in_channels", 1)))
-    pre = Preprocess(
-        input_size=int(cfg["input_size"]),
-        resize_size=int(cfg["input_size"]),
-        mean=tuple(cfg["mean"]),
-        std=tuple(cfg["std"]),
-        interpolation=torchvision.transforms.InterpolationMode(cfg.get("interpolation", "bilinear")),
-        in_channels=int(cfg.get("in_channels", 1)),
-        invert=bool(cfg.get("invert", False)),
-    )
-    return Model("digits_lenet", module, categories, pre, device=device, source="embedded")
+    spec = get_spec(name)
+    built = spec.load(weights, progress)
+    return Model(spec.name, built.module, built.categories, built.preprocess, device=device, source=spec.source,
+                 default_sample=spec.default_sample, default_layer=spec.default_layer)
 
 
 def _unavailable(name: str, w, reason: str) -> WeightsUnavailableError:
@@ -160,7 +152,7 @@ def _unavailable(name: str, w, reason: str) -> WeightsUnavailableError:
 
 def _ensure_downloaded(name: str, w, progress: DownloadProgress | None) -> None:
     """Download ``w`` into the hub cache unless it is there; report bytes as they arrive."""
-    path = os.path.join(checkpoint_dir(), os.path.basename(w.url))
+    path = weights_file(name, w.name)
     if os.path.exists(path):
         return
     os.makedirs(checkpoint_dir(), exist_ok=True)
@@ -193,7 +185,7 @@ def _ensure_downloaded(name: str, w, progress: DownloadProgress | None) -> None:
 
 
 def _build_with_cached(name: str, w) -> torch.nn.Module:
-    path = os.path.join(checkpoint_dir(), os.path.basename(w.url))
+    path = weights_file(name, w.name)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         module = get_model(name, weights=None)

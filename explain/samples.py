@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import pathlib
 
-__all__ = ["SAMPLES_DIR", "SAMPLE_EXTENSIONS", "list_samples", "sample_title"]
+__all__ = ["SAMPLES_DIR", "SAMPLE_EXTENSIONS", "list_samples", "sample_kind", "sample_title"]
 
 SAMPLES_DIR: pathlib.Path = pathlib.Path(__file__).resolve().parent.parent / "assets" / "samples"
 
 #: Suffixes counted as sample images; README.md and anything else in the folder are skipped.
 SAMPLE_EXTENSIONS: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+
+
+#: File-name prefix of the greyscale digit samples (for digit models); every other sample is a photo.
+DIGIT_PREFIX = "digit_"
+
+
+def sample_kind(name: str) -> str:
+    """``"digit"`` for the bundled greyscale digit pictures, ``"photo"`` for the others."""
+    return "digit" if pathlib.Path(name).name.startswith(DIGIT_PREFIX) else "photo"
 
 
 def sample_title(path: pathlib.Path | str) -> str:

@@ -8,7 +8,7 @@ compares each new map with the original one: Spearman rank correlation of the ma
 resolution, and SSIM of the per-map-normalised heatmaps. A map that stays the same (an edge
 detector, say) explains the picture, not the model.
 
-The shared model is never changed: each stage works on ``Model.randomized_copy`` (a deep copy),
+The shared model is never changed: each stage works on ``Model.randomised_copy`` (a deep copy),
 deleted after use. Layer order comes from one forward pass of *another* deep copy with temporary
 hooks, never from hooks on the shared module.
 """
@@ -29,20 +29,16 @@ from PIL import Image
 from . import render
 from .errors import Cancelled, ExplainError
 from .explanation import explain as _explain
-from .methods import get_method
+from .methods import DEFAULT_METHOD, get_method
 from .model import Model, plain_copy
-from .preprocess import FITS, Fit
+from .progress import CancelCheck, Progress, check_image_and_fit
+from .preprocess import Fit
 
 # Rank correlation above which a map "barely changed" after randomisation. Adebayo et al. show
 # maps that fail the check staying well above this; maps that pass fall to near zero.
 SANITY_SPEARMAN_THRESHOLD = 0.7
-# Re-initialisation of parameters whose module has no reset_parameters() (position embeddings,
-# class tokens, layer-scale vectors): the truncated-normal scale timm and torchvision use for them.
-FALLBACK_INIT_STD = 0.02
 
 MapFn = Callable[[Model, Image.Image, int], np.ndarray]
-Progress = Callable[[int, int], None]
-CancelCheck = Callable[[], bool]
 
 
 class RandomisedMap(NamedTuple):
@@ -189,7 +185,7 @@ def cascading_randomisation(
     model: Model,
     image: Image.Image,
     cls: int | str,
-    method: str = "gradcam",
+    method: str = DEFAULT_METHOD,
     layer: str | None = None,
     steps: int | Sequence[int] = 3,
     fit: Fit = "squash",
@@ -207,13 +203,10 @@ def cascading_randomisation(
     [H, W]`` replaces the method (for checking a custom map); the target layer then only decides
     the default stages. ``progress(done, total)`` is called after each stage, ``cancel()`` before.
     """
-    if not isinstance(image, Image.Image):
-        raise ExplainError(f"The sanity check needs a PIL image, not {type(image).__name__}; use explain.load_image().")
-    if fit not in FITS:
-        raise ExplainError(f"Unknown fit {fit!r}: use one of {', '.join(FITS)}.")
+    check_image_and_fit(image, fit, "cascading_randomisation")
     c = model.class_index(cls)
     m = get_method(method)
-    target = None if (m.input_layer and map_fn is None) else model.layer_info(layer).name
+    target = None if (m.on_input and map_fn is None) else model.layer_info(layer).name
     size = (model.preprocess.input_size, model.preprocess.input_size)
     label = m.name if map_fn is None else getattr(map_fn, "__name__", "custom map")
 
@@ -227,7 +220,7 @@ def cascading_randomisation(
     original, original_prob = stage(model)
     result = SanityResult(
         method=label,
-        layer=target, cls=c, original=_normalise(original), original_prob=original_prob,
+        layer=target, cls=c, original=_normalize(original), original_prob=original_prob,
     )
     above = len(layers_above(model, target))
     for i, k in enumerate(counts):
@@ -241,7 +234,7 @@ def cascading_randomisation(
             del twin  # ~20 MB for lite0; freed by reference counting, no full gc.collect() (0.5 s)
         result.randomised.append(RandomisedMap(
             label=_label(names, k, above, target, len(parameterised_layers(model))),
-            layers=names, heat=_normalise(heat), spearman=rank_correlation(original, heat),
+            layers=names, heat=_normalize(heat), spearman=rank_correlation(original, heat),
             ssim=similarity(original, heat),
         ))
         result.stage_probs.append(prob)
@@ -253,9 +246,8 @@ def cascading_randomisation(
 def randomised_model(model: Model, layers: Sequence[str], seed: int = 0) -> Model:
     """A new Model, deep-copied from ``model``, with every parameter of ``layers`` re-initialised.
 
-    ``Model.randomized_copy`` resets modules that have ``reset_parameters``; parameters held by
-    other modules (position embeddings, class tokens, layer-scale vectors) are redrawn here from a
-    normal distribution with std ``FALLBACK_INIT_STD``. The shared model is only read.
+    (See ``Model.randomised_copy``: modules' own ``reset_parameters``, else a normal draw with std
+    ``FALLBACK_INIT_STD``.) The shared model is only read.
     """
     if isinstance(layers, str):
         raise ExplainError(f"layers must be a list of module names, not the string {layers!r}.")
@@ -264,9 +256,7 @@ def randomised_model(model: Model, layers: Sequence[str], seed: int = 0) -> Mode
     missing = [n for n in names if n not in known]
     if missing:
         raise ExplainError(f"Model '{model.name}' has no module named {', '.join(map(repr, missing))}.")
-    twin = model.randomized_copy(layers=names, seed=seed)
-    _randomise_leftovers(twin, names, seed)
-    return twin
+    return model.randomised_copy(layers=names, seed=seed)
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -291,7 +281,7 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """SSIM of the two maps after per-map min–max normalisation (data range 1); NaN without scikit-image."""
-    na, nb = _normalise(np.asarray(a)), _normalise(np.asarray(b))
+    na, nb = _normalize(np.asarray(a)), _normalize(np.asarray(b))
     if na.shape != nb.shape:
         raise ExplainError(f"Maps of different shapes cannot be compared: {na.shape} and {nb.shape}.")
     try:
@@ -343,20 +333,6 @@ def _label(names: list[str], k: int, above: int, target: str | None, total: int)
     return f"{head} ({span})"
 
 
-def _randomise_leftovers(model: Model, names: list[str], seed: int) -> None:
-    """Re-initialise parameters that ``randomized_copy`` left alone (modules without
-    ``reset_parameters``, e.g. position embeddings), so that "randomised" means every weight."""
-    mods = dict(model.module.named_modules())
-    gen = torch.Generator(device="cpu").manual_seed(int(seed) + 1)
-    with torch.no_grad():
-        for name in names:
-            for sub in mods[name].modules():
-                if hasattr(sub, "reset_parameters"):
-                    continue
-                for p in sub.parameters(recurse=False):
-                    p.copy_(torch.randn(p.shape, generator=gen) * FALLBACK_INIT_STD)
-
-
 def _prob(model: Model, image: Image.Image, cls: int, fit: Fit) -> float:
     _, x = model.view_and_tensor(image, fit)
     return float(model.predict(x)[0, cls])
@@ -369,7 +345,7 @@ def _as_map(heat: object, size: tuple[int, int]) -> np.ndarray:
     return h
 
 
-def _normalise(h: np.ndarray) -> np.ndarray:
+def _normalize(h: np.ndarray) -> np.ndarray:
     return render.normalize_maps(h[None].astype(np.float32), "per_map")[0]
 
 

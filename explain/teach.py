@@ -22,7 +22,6 @@ picture and layer already made (no extra forward pass), and the shared model is 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -30,12 +29,14 @@ from PIL import Image
 
 from . import render
 from .errors import ExplainError, UnknownMethodError
-from .methods import get_method
+from .methods import CAM, GradCAM, get_method
 from .model import Model
 from .preprocess import Fit
+from .progress import check_image_and_fit
 
-TeachMethod = Literal["cam", "gradcam"]
-TEACH_METHODS: tuple[str, ...] = ("cam", "gradcam")
+#: The methods the walkthrough teaches: CAM, then Grad-CAM (one number per channel, both).
+TEACH_CAM, TEACH_GRADCAM = CAM.name, GradCAM.name
+TEACH_METHODS: tuple[str, ...] = (TEACH_CAM, TEACH_GRADCAM)
 
 # Relative tolerance for "the averaged gradients equal W[c]/(h·w)": both are float32 numbers that
 # differ only by the rounding of the backward pass through the pooling.
@@ -52,7 +53,7 @@ class Walkthrough:
     """
 
     model_name: str
-    method: str  # "cam" or "gradcam"
+    method: str  # one of TEACH_METHODS
     layer: str
     layer_shape: tuple[int, int, int]  # (C, h, w)
     cls: int
@@ -95,19 +96,18 @@ def walkthrough(
     cls: int | str,
     *,
     layer: str | None = None,
-    method: str = "gradcam",
+    method: str = TEACH_GRADCAM,
     top_channels: int = 4,
     fit: Fit = "squash",
 ) -> Walkthrough:
     """Compute the lesson's numbers for class ``cls`` of ``image`` at ``layer`` (default layer).
 
-    ``method`` is ``"cam"`` or ``"gradcam"``. CAM on a layer that is not followed by global average
+    ``method`` is one of :data:`TEACH_METHODS` (CAM or Grad-CAM). CAM on a layer that is not followed by global average
     pooling + one linear layer raises :class:`~explain.MethodNotApplicableError` saying why (the
     page can then fall back to Grad-CAM). The capture is the model's cached one, so after
     ``explain()`` of the same picture and layer no forward pass runs.
     """
-    if not isinstance(image, Image.Image):
-        raise ExplainError(f"walkthrough() needs a PIL image, not {type(image).__name__}; use explain.load_image().")
+    check_image_and_fit(image, fit, "walkthrough")
     name = get_method(method).name
     if name not in TEACH_METHODS:
         raise UnknownMethodError(
@@ -117,8 +117,8 @@ def walkthrough(
     if isinstance(top_channels, bool) or not isinstance(top_channels, (int, np.integer)) or top_channels < 1:
         raise ExplainError(f"top_channels must be a positive whole number, not {top_channels!r}.")
     info = model.layer_info(layer)
-    if name == "cam":
-        get_method("cam").check(model, info.name)
+    if name == TEACH_CAM:
+        get_method(TEACH_CAM).check(model, info.name)
     c = model.class_index(cls)
 
     view, x = model.view_and_tensor(image, fit)
@@ -133,7 +133,7 @@ def walkthrough(
         linear = dict(model.module.named_modules())[info.cam_linear]
         head_w = linear.weight.detach()[[c]].float()  # [1, C]; read only: the module is shared
         head_b = float(linear.bias.detach()[c]) if linear.bias is not None else 0.0
-    if name == "cam":
+    if name == TEACH_CAM:
         assert head_w is not None  # check() guarantees a CAM head
         w_dev = head_w
     else:
@@ -165,7 +165,7 @@ def walkthrough(
         gap_logit = float((w64 * a64.mean(dim=(1, 2))).sum()) + head_b
         cam_mean_plus_bias = float(torch.einsum("c,chw->hw", w64, a64).mean()) + head_b
         scaled = (head_w[0].cpu() / (h * w)).numpy()
-        if name == "gradcam":
+        if name == TEACH_GRADCAM:
             tol = _GRAD_MATCH_RTOL * float(np.abs(scaled).max())
             grad_match = bool(np.allclose(weights.numpy(), scaled, rtol=_GRAD_MATCH_RTOL, atol=tol))
 

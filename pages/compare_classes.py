@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from ui import report, resources, share, state, views, widgets
+from ui import compute, page, pictures, report, resources, share, state, text, widgets
 
 COLUMNS = 5
 MAX_CLASSES = 10
@@ -16,13 +16,13 @@ SHARED_WHY = (
 )
 
 
-with views.guard("comparing classes"):
-    sel = views.need_selection()
+with page.guard("comparing classes"):
+    sel = page.need_selection()
     m = resources.get_model(sel.model_name)
     ss = st.session_state
     st.header("Compare classes")
-    st.caption(f"Which parts of the same picture speak for each class? {views.md_escape(explain.TITLES[sel.method])} "
-               f"at layer {views.md_escape(sel.layer)}.")
+    st.caption(f"Which parts of the same picture speak for each class? {text.md_escape(explain.get_method(sel.method).title)} "
+               f"at layer {text.md_escape(sel.layer)}.")
 
     # Default: the top-5 of this image, again whenever the model or the image change.
     context = (m.name, sel.image_digest)
@@ -39,7 +39,7 @@ with views.guard("comparing classes"):
     categories = m.categories
     picker.multiselect(
         "Classes", range(m.num_classes), key=state.COMPARE_CLASSES, max_selections=MAX_CLASSES,
-        format_func=lambda i: views.class_label(categories, i), placeholder="Type to search classes…",
+        format_func=lambda i: text.class_label(categories, i), placeholder="Type to search classes…",
     )
     course = widgets.course_classes(m)
     if course:
@@ -61,17 +61,17 @@ with views.guard("comparing classes"):
         st.info("Pick at least one class above.")
         st.stop()
     try:
-        r = views.run_explain(m, sel, classes)
+        r = compute.run_explain(m, sel, classes)
     except explain.MethodNotApplicableError as err:
-        st.warning(views.md_escape(err))
+        st.warning(text.md_escape(err))
         st.stop()
-    tiles = views.overlays(r, sel, normalize="shared" if shared else "per_map")
-    captions = [f"{views.class_label(categories, cls)} — {views.percent(r.prob(cls))}" for cls in r.targets]
+    tiles = compute.overlays(r, sel, normalize="shared" if shared else "per_map")
+    captions = [f"{text.class_label(categories, cls)} — {text.percent(r.prob(cls))}" for cls in r.targets]
     for row in range(0, len(tiles), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, tile, caption in zip(cols, tiles[row : row + COLUMNS], captions[row : row + COLUMNS]):
-            col.image(views.png(tile), caption=views.md_escape(caption), width="stretch", output_format="PNG")
-    views.show_notices(r)
+            col.image(pictures.png(tile), caption=text.md_escape(caption), width="stretch", output_format="PNG")
+    compute.show_notices(r)
     extra = {
         "classes": [{"index": c, "name": categories[c], "probability": r.prob(c)} for c in r.targets],
         "scale": "shared" if shared else "per_map",

@@ -5,17 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from ui import report, resources, share, state, views, widgets
+from ui import compute, page, pictures, report, resources, share, state, text, widgets
 
-DEFAULT_METHODS = ("gradcam", "gradcam++", "cam", "layercam")
+DEFAULT_METHODS = explain.methods.DEFAULT_GRID
 
 
-with views.guard("comparing methods and layers"):
-    sel = views.need_selection()
+with page.guard("comparing methods and layers"):
+    sel = page.need_selection()
     m = resources.get_model(sel.model_name)
     ss = st.session_state
     st.header("Compare methods & layers")
-    st.caption(f"Every cell explains {views.md_escape(views.class_label(m.categories, sel.target))}.")
+    st.caption(f"Every cell explains {text.md_escape(text.class_label(m.categories, sel.target))}.")
 
     layers = m.layers()
     names = [n for n, _ in layers]
@@ -26,8 +26,8 @@ with views.guard("comparing methods and layers"):
     ss.setdefault(state.COMPARE_METHODS, list(DEFAULT_METHODS))
 
     c1, c2 = st.columns(2)
-    methods = c1.multiselect("Methods (across)", explain.METHODS, key=state.COMPARE_METHODS,
-                             format_func=lambda k: explain.TITLES.get(k, k))
+    methods = c1.multiselect("Methods (across)", explain.method_names(), key=state.COMPARE_METHODS,
+                             format_func=text.method_title)
     chosen = c2.multiselect("Layers (down)", names, key=state.COMPARE_LAYERS,
                             format_func=lambda n: widgets.layer_label(m, n, shapes[n]))
     rows = sorted(chosen, key=names.index)
@@ -41,22 +41,22 @@ with views.guard("comparing methods and layers"):
     with st.spinner(f"Computing {cells} maps…"):
         header = st.columns(len(methods))
         for col, method in zip(header, methods):
-            col.markdown(f"**{views.md_escape(explain.TITLES.get(method, method))}**")
+            col.markdown(f"**{text.md_escape(explain.get_method(method).title)}**")
         for layer in rows:
-            st.markdown(f"**{views.md_escape(widgets.layer_label(m, layer, shapes[layer]))}**")
+            st.markdown(f"**{text.md_escape(widgets.layer_label(m, layer, shapes[layer]))}**")
             for col, method in zip(st.columns(len(methods)), methods):
                 with col:
                     try:
                         explain.get_method(method).check(m, layer)
-                        r = views.run_explain(m, sel, [sel.target], layer=layer, method=method)
+                        r = compute.run_explain(m, sel, [sel.target], layer=layer, method=method)
                     except explain.MethodNotApplicableError as err:
-                        views.not_applicable(err)
+                        compute.not_applicable(err)
                         tiles.append(report.not_applicable_tile(str(err)))
-                        captions.append(f"{explain.TITLES.get(method, method)} · {layer} (n/a)")
+                        captions.append(f"{explain.get_method(method).title} · {layer} (n/a)")
                         continue
-                    title = explain.TITLES.get(method, method)
-                    tile = views.overlays(r, sel)[0]
-                    st.image(views.png(tile), caption=views.md_escape(f"{title} · {layer}"), width="stretch", output_format="PNG")
+                    title = explain.get_method(method).title
+                    tile = compute.overlays(r, sel)[0]
+                    st.image(pictures.png(tile), caption=text.md_escape(f"{title} · {layer}"), width="stretch", output_format="PNG")
                     tiles.append(tile)
                     captions.append(f"{title} · {layer}")
     report.download_button(st.container(), "compare_methods", m, sel, tiles, captions, columns=len(methods),

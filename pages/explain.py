@@ -5,18 +5,18 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from ui import report, resources, share, state, views
+from ui import charts, compute, page, pictures, report, resources, share, state, text
 
-with views.guard("explaining the image"):
-    sel = views.need_selection()
+with page.guard("explaining the image"):
+    sel = page.need_selection()
     share.publish_page({})  # this page has no parameters of its own
     m = resources.get_model(sel.model_name)
-    title = explain.TITLES.get(sel.method, sel.method)
+    title = explain.get_method(sel.method).title
     st.header("Where did the model look?")
     try:
-        r = views.run_explain(m, sel, [sel.target])
+        r = compute.run_explain(m, sel, [sel.target])
     except explain.MethodNotApplicableError as err:
-        st.warning(views.md_escape(err))
+        st.warning(text.md_escape(err))
         st.stop()
 
     raw = r.maps[0]
@@ -24,28 +24,28 @@ with views.guard("explaining the image"):
     left, middle, right = st.columns(3, gap="medium")
     with left:
         st.markdown("**As the model sees it**")
-        st.image(views.png(r.image), width="stretch", output_format="PNG")
-        st.caption(views.md_escape(f"{sel.image_label} · {state.FIT_LABELS.get(sel.fit, sel.fit)}"))
+        st.image(pictures.png(r.image), width="stretch", output_format="PNG")
+        st.caption(text.md_escape(f"{sel.image_label} · {state.FIT_LABELS.get(sel.fit, sel.fit)}"))
     with middle:
-        where = "the input pixels" if r.method == "saliency" else f"layer {r.layer}"
-        st.markdown(f"**Raw {views.md_escape(title)} map** · {h}×{w} at {views.md_escape(where)}")
-        st.image(views.heatmap_png(raw.numpy(), sel.colormap), width="stretch", output_format="PNG")
+        where = "the input pixels" if r.method_info.on_input else f"layer {r.layer}"
+        st.markdown(f"**Raw {text.md_escape(title)} map** · {h}×{w} at {text.md_escape(where)}")
+        st.image(charts.heatmap_png(raw.numpy(), sel.colormap), width="stretch", output_format="PNG")
     with right:
-        st.markdown(f"**Overlay** · {views.md_escape(views.class_label(m.categories, r.targets[0]))}")
-        overlay = views.overlays(r, sel)[0]
+        st.markdown(f"**Overlay** · {text.md_escape(text.class_label(m.categories, r.targets[0]))}")
+        overlay = compute.overlays(r, sel)[0]
         # PNG: Streamlit's default JPEG smears fine detail (saliency maps) and shifts colours.
-        overlay_png = views.png(overlay)
+        overlay_png = pictures.png(overlay)
         st.image(overlay_png, width="stretch", output_format="PNG")
 
-    st.markdown(views.explanation_caption(r))
-    views.show_notices(r)
+    st.markdown(text.explanation_caption(r))
+    compute.show_notices(r)
 
     stem = f"{r.model_name}_{r.method}_{r.targets[0]}".replace("+", "p")
     d1, d2, d3, _ = st.columns([1, 1, 1, 1])
     d1.download_button("Download overlay (PNG)", overlay_png, file_name=f"{stem}_overlay.png",
                        mime="image/png", on_click="ignore")
-    d2.download_button("Download raw map (.npy)", views.npy_bytes(r.maps.numpy()), file_name=f"{stem}_map.npy",
+    d2.download_button("Download raw map (.npy)", pictures.npy_bytes(r.maps.numpy()), file_name=f"{stem}_map.npy",
                        mime="application/octet-stream", on_click="ignore")
-    tiles = [r.image, views.map_image(raw.numpy(), sel.colormap, size=report.TILE), overlay]
-    captions = [sel.image_label, f"raw {title} map {h}x{w}", views.class_label(m.categories, r.targets[0])]
+    tiles = [r.image, pictures.map_image(raw.numpy(), sel.colormap, size=report.TILE), overlay]
+    captions = [sel.image_label, f"raw {title} map {h}x{w}", text.class_label(m.categories, r.targets[0])]
     report.download_button(d3, "explain", m, sel, tiles, captions, columns=len(tiles))

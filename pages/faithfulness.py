@@ -23,23 +23,12 @@ import streamlit as st
 from matplotlib.figure import Figure  # no pyplot: thread-safe under a multi-user server
 
 import explain
-from explain import render
-from explain.metrics import FaithfulnessResult, compare_methods, plain_reading
-from explain.sanity import SanityResult, cascading_randomisation
-from ui import resources, state, views
+from explain import FaithfulnessResult, MethodComparison, SanityResult, plain_reading
+from ui import compute, page, pictures, resources, state, text
 
-# ---- session-state keys ----------------------------------------------------------------------------
-#: The latest deletion/insertion results, read by the report download (named in ui/state.py):
-#: ``{"context": (model, image_digest, target, layer), "results": {method: FaithfulnessResult}}``.
-FAITHFULNESS_RESULTS = state.FAITH_RESULTS
-FAITH_METHODS = "cx.faith.methods"  # multiselect of method names
-FAITH_STEPS = "cx.faith.steps"  # select_slider: curve steps
-FAITH_RUNS = "cx.faith.runs"  # {run key: rows from compare_methods}, the last few contexts
-SANITY_RUNS = "cx.faith.sanity"  # {run key: SanityResult}, the last few contexts
-FAITH_REQUEST = "cx.faith.request"  # run key whose curves the user asked for, until they are stored
-SANITY_REQUEST = "cx.faith.sanity_request"  # the same for the sanity check
+from ui.state import FAITH_METHODS, FAITH_REQUEST, FAITH_RUNS, FAITH_STEPS, SANITY_REQUEST, SANITY_RUNS
 
-DEFAULT_METHODS = ("gradcam", "gradcam++", "layercam", "saliency")
+DEFAULT_METHODS = explain.methods.DEFAULT_FAITHFULNESS
 STEP_CHOICES = (8, 16, 32)
 DEFAULT_STEPS = 16  # 17 images per curve, 34 per method: smooth enough, a few seconds on a CPU
 READING_FRACTION = 0.1  # the plain-language sentence: "with the top 10% of pixels removed …"
@@ -85,7 +74,7 @@ def _request(key: str, run: tuple) -> None:
     """Button callback: remember which run was asked for.
 
     A callback rather than the button's return value: the request survives a rerun that happens
-    before the page is reached (``views.ensure_app_entry``) and a run interrupted by a display
+    before the page is reached (``ui.page.enter``) and a run interrupted by a display
     change, which then simply starts again. It names its context, so a changed context drops it.
     """
     st.session_state[key] = run
@@ -105,18 +94,17 @@ def _recall(key: str, run: tuple) -> object | None:
     return runs.get(run) if isinstance(runs, dict) else None
 
 
-def publish(context: tuple[str, str, int, str], rows: Sequence[dict]) -> None:
-    """Write the results shown now under :data:`FAITHFULNESS_RESULTS` (the contract the report reads)."""
-    st.session_state[FAITHFULNESS_RESULTS] = {
-        "context": context,
-        "results": {row["method"]: row["result"] for row in rows if isinstance(row.get("result"), FaithfulnessResult)},
-    }
+def publish(context: tuple[str, str, int, str], rows: Sequence[MethodComparison]) -> None:
+    """Publish the results shown now (:class:`ui.state.FaithfulnessShown`: what the report reads)."""
+    st.session_state[state.FAITH_RESULTS] = state.FaithfulnessShown(
+        context=context, results={row.method: row.result for row in rows if row.result is not None},
+    )
 
 
 # ---- deletion and insertion ----------------------------------------------------------------------
 
 
-def curves_figure(rows: Sequence[dict]) -> Figure:
+def curves_figure(rows: Sequence[MethodComparison]) -> Figure:
     """Deletion (left) and insertion (right) curves of every row, random order dashed grey.
 
     Only our own method titles go into the figure: matplotlib would read ``$…$`` in a user
@@ -126,13 +114,13 @@ def curves_figure(rows: Sequence[dict]) -> Figure:
     ax_del, ax_ins = fig.subplots(1, 2, sharey=True)
     colour = iter(COLORS)
     for row in rows:
-        res: FaithfulnessResult = row["result"]
+        res: FaithfulnessResult = row.result
         x = res.fractions * 100.0
-        if row["method"] == "random":
+        if row.is_random:
             style = {"color": RANDOM_COLOR, "linestyle": "--", "linewidth": 2.0}
         else:
             style = {"color": next(colour, "#111827"), "linewidth": 2.4}
-        ax_del.plot(x, res.deletion, label=row["title"], **style)
+        ax_del.plot(x, res.deletion, label=row.title, **style)
         ax_ins.plot(x, res.insertion, **style)
     for ax, title, xlabel, hint in (
         (ax_del, "Deletion", "Pixels removed, most important first (%)", "lower area is better"),
@@ -150,31 +138,31 @@ def curves_figure(rows: Sequence[dict]) -> Figure:
     return fig
 
 
-def curves_table(rows: Sequence[dict], fraction: float = READING_FRACTION) -> pd.DataFrame:
+def curves_table(rows: Sequence[MethodComparison], fraction: float = READING_FRACTION) -> pd.DataFrame:
     """One row per method that ran: the two areas and the confidence after the top ``fraction`` went."""
     share = f"{fraction * 100:g}%"
     return pd.DataFrame(
         {
-            "Method": [row["title"] for row in rows],
-            "Deletion AUC (lower is better)": [row["result"].deletion_auc for row in rows],
-            "Insertion AUC (higher is better)": [row["result"].insertion_auc for row in rows],
-            f"Confidence with top {share} removed": [row["result"].prob_after_removing(fraction) for row in rows],
+            "Method": [row.title for row in rows],
+            "Deletion AUC (lower is better)": [row.result.deletion_auc for row in rows],
+            "Insertion AUC (higher is better)": [row.result.insertion_auc for row in rows],
+            f"Confidence with top {share} removed": [row.result.prob_after_removing(fraction) for row in rows],
         }
     )
 
 
-def verdict_lines(done: Sequence[dict]) -> list[str]:
+def verdict_lines(done: Sequence[MethodComparison]) -> list[str]:
     """Which method did best at each curve, and which did not beat the random order (plain text)."""
-    methods = [r for r in done if r["method"] != "random"]
-    rand = next((r for r in done if r["method"] == "random"), None)
+    methods = [r for r in done if not r.is_random]
+    rand = next((r for r in done if r.is_random), None)
     if not methods:
         return []
-    best_del = min(methods, key=lambda r: r["deletion_auc"])
-    best_ins = max(methods, key=lambda r: r["insertion_auc"])
-    lines = [f"Best at deletion: {best_del['title']}. Best at insertion: {best_ins['title']}."]
+    best_del = min(methods, key=lambda r: r.deletion_auc)
+    best_ins = max(methods, key=lambda r: r.insertion_auc)
+    lines = [f"Best at deletion: {best_del.title}. Best at insertion: {best_ins.title}."]
     if rand is not None:
-        worse = [r["title"] for r in methods
-                 if r["deletion_auc"] >= rand["deletion_auc"] and r["insertion_auc"] <= rand["insertion_auc"]]
+        worse = [r.title for r in methods
+                 if r.deletion_auc >= rand.deletion_auc and r.insertion_auc <= rand.insertion_auc]
         if worse:
             lines.append(f"No better than a random order at either curve: {', '.join(worse)}; "
                          "its map does not point at what the model uses here.")
@@ -190,8 +178,8 @@ def deletion_insertion_section(m: explain.Model, sel: state.Selection, class_nam
     ss.setdefault(FAITH_STEPS, DEFAULT_STEPS)
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     methods = left.multiselect(
-        "Methods to compare (a random order is always added as the yardstick)", explain.METHODS,
-        key=FAITH_METHODS, format_func=lambda k: explain.TITLES.get(k, k),
+        "Methods to compare (a random order is always added as the yardstick)", explain.method_names(),
+        key=FAITH_METHODS, format_func=text.method_title,
         help="Score-CAM first runs one masked forward pass per channel of the layer: slow on a CPU.",
     )
     steps = right.select_slider("Steps per curve", STEP_CHOICES, key=FAITH_STEPS,
@@ -204,7 +192,8 @@ def deletion_insertion_section(m: explain.Model, sel: state.Selection, class_nam
     rows = _recall(FAITH_RUNS, run)
     if rows is None:
         images = (int(steps) + 1) * 2 * (len(methods) + 1)
-        slow = " Score-CAM adds one pass per channel of the layer." if "scorecam" in methods else ""
+        slow = "".join(f" {explain.get_method(n).title} adds extra forward passes (one per channel of the layer)."
+                       for n in methods if explain.get_method(n).slow)
         st.caption(f"This runs the model on about {images} altered pictures.{slow}")
         if not _requested(FAITH_REQUEST, run):
             st.button("Compute deletion & insertion curves", type="primary", icon=":material/play_arrow:",
@@ -213,10 +202,10 @@ def deletion_insertion_section(m: explain.Model, sel: state.Selection, class_nam
         bar = st.progress(0.0, text="Computing the maps…")
         beat = st.empty()
         try:
-            rows = compare_methods(
+            rows = explain.metrics.compare_methods(
                 m, sel.image, sel.target, methods, layer=sel.layer, steps=int(steps), fit=sel.fit,
-                progress=views.progress_callback(bar, "Deletion & insertion: {done} of {total} pictures"),
-                cancel=views.heartbeat(beat, "Computing the maps"),
+                progress=compute.progress_callback(bar, "Deletion & insertion: {done} of {total} pictures"),
+                cancel=compute.heartbeat(beat, "Computing the maps"),
             )
         except Exception:
             # A real failure: forget the request, or every rerun would try again. (Streamlit's
@@ -231,10 +220,10 @@ def deletion_insertion_section(m: explain.Model, sel: state.Selection, class_nam
     publish(context, rows)
 
     for row in rows:
-        if row["error"]:
-            st.warning(views.md_escape(f"{row['title']} is not applicable here: {row['error']}"))
-    done = [row for row in rows if row["result"] is not None]
-    if not [r for r in done if r["method"] != "random"]:
+        if row.error:
+            st.warning(text.md_escape(f"{row.title} is not applicable here: {row.error}"))
+    done = [row for row in rows if row.result is not None]
+    if not [r for r in done if not r.is_random]:
         return
     st.dataframe(
         curves_table(done), hide_index=True, width="stretch",
@@ -246,17 +235,17 @@ def deletion_insertion_section(m: explain.Model, sel: state.Selection, class_nam
         },
     )
     for line in verdict_lines(done):
-        st.markdown(f"**{views.md_escape(line)}**")
+        st.markdown(f"**{text.md_escape(line)}**")
     st.pyplot(curves_figure(done), width="stretch")
     st.markdown("\n".join(
-        f"- {views.md_escape(plain_reading(row['title'], class_name, row['result'], READING_FRACTION))}"
+        f"- {text.md_escape(plain_reading(row.title, class_name, row.result, READING_FRACTION))}"
         for row in done
     ))
     with st.expander("The maps being tested"):
         view = m.preprocess.view(sel.image, sel.fit)
-        with_heat = [row for row in done if row["heat"] is not None]
+        with_heat = [row for row in done if row.heat is not None]
         for col, row in zip(st.columns(max(len(with_heat), 4)), with_heat):
-            col.image(render.overlay(view, row["heat"], sel.colormap, sel.alpha), caption=row["title"], width="stretch")
+            pictures.show(col, pictures.overlay(view, row.heat, sel), caption=row.title)
 
 
 # ---- sanity check --------------------------------------------------------------------------------
@@ -278,21 +267,21 @@ def sanity_table(result: SanityResult) -> pd.DataFrame:
 
 def sanity_section(m: explain.Model, sel: state.Selection) -> None:
     """Run button, then the verdict, the correlations and the maps side by side."""
-    title = explain.TITLES.get(sel.method, sel.method)
+    title = explain.get_method(sel.method).title
     st.subheader("Sanity check: randomise the model")
     st.markdown(SANITY_WHY)
-    st.caption(f"Checks **{views.md_escape(title)}** (the method chosen in the sidebar) at layer "
-               f"{views.md_escape(sel.layer)}.")
+    st.caption(f"Checks **{text.md_escape(title)}** (the method chosen in the sidebar) at layer "
+               f"{text.md_escape(sel.layer)}.")
     try:
         explain.get_method(sel.method).check(m, sel.layer)
     except explain.MethodNotApplicableError as err:
-        st.warning(views.md_escape(err))
+        st.warning(text.md_escape(err))
         return
     run = (m.name, sel.image_digest, sel.target, sel.layer, sel.method, sel.fit)
     result = _recall(SANITY_RUNS, run)
     if not isinstance(result, SanityResult):
-        if sel.method == "scorecam":
-            st.caption("Score-CAM runs one masked forward pass per channel for every stage: minutes on a CPU.")
+        if explain.get_method(sel.method).slow:
+            st.caption(f"{text.method_title(sel.method)} runs extra forward passes for every stage: minutes on a CPU.")
         if not _requested(SANITY_REQUEST, run):
             st.button("Run the sanity check", type="primary", icon=":material/shuffle:",
                       on_click=_request, args=(SANITY_REQUEST, run))
@@ -300,10 +289,10 @@ def sanity_section(m: explain.Model, sel: state.Selection) -> None:
         bar = st.progress(0.0, text="Randomising the model's top layers (on a copy)…")
         beat = st.empty()
         try:
-            result = cascading_randomisation(
+            result = explain.sanity.cascading_randomisation(
                 m, sel.image, sel.target, method=sel.method, layer=sel.layer, steps=SANITY_STAGES, fit=sel.fit,
-                progress=views.progress_callback(bar, "Sanity check: {done} of {total} randomised models done"),
-                cancel=views.heartbeat(beat, "Recomputing the map"),
+                progress=compute.progress_callback(bar, "Sanity check: {done} of {total} randomised models done"),
+                cancel=compute.heartbeat(beat, "Recomputing the map"),
             )
         except Exception:
             st.session_state.pop(SANITY_REQUEST, None)  # as for the curves: no endless retries
@@ -313,7 +302,7 @@ def sanity_section(m: explain.Model, sel: state.Selection) -> None:
         _store(SANITY_RUNS, run, result)  # complete results only (see the module docstring)
         st.session_state.pop(SANITY_REQUEST, None)
 
-    verdict = views.md_escape(result.verdict())
+    verdict = text.md_escape(result.verdict())
     if result.passed:
         st.success(verdict, icon=":material/check_circle:")
     else:
@@ -336,23 +325,22 @@ def sanity_section(m: explain.Model, sel: state.Selection) -> None:
         (f"{s.label} randomised · correlation {s.spearman:.2f}", s.heat) for s in result.randomised
     ]
     for col, (caption, heat) in zip(st.columns(len(tiles)), tiles):
-        col.image(render.overlay(view, np.asarray(heat), sel.colormap, sel.alpha),
-                  caption=views.md_escape(caption), width="stretch")
+        pictures.show(col, pictures.overlay(view, np.asarray(heat), sel), caption=text.md_escape(caption))
 
 
-with views.guard("checking the maps' faithfulness"):
-    sel = views.need_selection()
+with page.guard("checking the maps' faithfulness"):
+    sel = page.need_selection()
     m = resources.get_model(sel.model_name)
     class_name = m.categories[sel.target]
     st.header("Faithfulness: can we trust the map?")
     st.caption(
-        f"For {views.md_escape(views.class_label(m.categories, sel.target))} on "
-        f"{views.md_escape(sel.image_label)}, model {views.md_escape(m.name)}, layer {views.md_escape(sel.layer)}. "
+        f"For {text.md_escape(text.class_label(m.categories, sel.target))} on "
+        f"{text.md_escape(sel.image_label)}, model {text.md_escape(m.name)}, layer {text.md_escape(sel.layer)}. "
         "Change them in the sidebar."
     )
     # One guard per check, so that a failure in one still leaves the other usable.
-    with views.guard("computing the deletion and insertion curves"):
+    with page.guard("computing the deletion and insertion curves"):
         deletion_insertion_section(m, sel, class_name)
     st.divider()
-    with views.guard("running the sanity check"):
+    with page.guard("running the sanity check"):
         sanity_section(m, sel)

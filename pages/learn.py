@@ -12,11 +12,11 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 import explain
-from explain import render
-from explain.teach import Walkthrough, walkthrough
-from ui import resources, state, views
+from explain import Walkthrough, walkthrough
+from ui import page, pictures, resources, state, text
 
 TOP_CHANNELS = 4
 LATEX_TERMS = 3  # terms of the weighted sum written out with their numbers
@@ -85,7 +85,7 @@ def feature_maps(wk: Walkthrough) -> None:
     lo, hi = float(wk.activation_top.min()), float(wk.activation_top.max())
     cols = st.columns(max(len(wk.channel_indices), TOP_CHANNELS))
     for col, k, a, mean in zip(cols, wk.channel_indices, wk.activation_top, wk.channel_means):
-        col.image(views.map_image(a, "viridis", lo=lo, hi=hi, size=TILE), caption=f"channel {k} · mean {_num(mean)}",
+        col.image(pictures.map_image(a, "viridis", lo=lo, hi=hi, size=TILE), caption=f"channel {k} · mean {_num(mean)}",
                   width="stretch")
     st.caption(f"One colour scale for these {len(wk.channel_indices)} maps: dark {_num(lo)}, yellow {_num(hi)}.")
 
@@ -100,15 +100,13 @@ def map_steps(wk: Walkthrough, sel: state.Selection, symbol: str) -> None:
     size = wk.image.size
     cols = st.columns(4)
     # Four pictures of one size, so the eye follows the same grid from step to step.
-    cols[0].image(views.map_image(wk.weighted_sum, SIGNED_COLORMAP, lo=-limit, hi=limit, size=size[0]),
-                  caption=f"Weighted sum, {h}×{w}: {_num(wk.weighted_sum.min())} to {_num(wk.weighted_sum.max())}",
-                  width="stretch")
-    cols[1].image(views.map_image(wk.relu, sel.colormap, lo=0.0, hi=relu_hi or 1.0, size=size[0]),
-                  caption=f"After the ReLU: 0 to {_num(relu_hi)}", width="stretch")
-    cols[2].image(render.colorize(wk.upsampled, sel.colormap), caption=f"Upsampled to {size[0]}×{size[1]}, scaled to 0…1",
-                  width="stretch")
-    cols[3].image(render.overlay(wk.image, wk.upsampled, sel.colormap, sel.alpha), caption="Laid over the picture",
-                  width="stretch")
+    pictures.show(cols[0], pictures.map_image(wk.weighted_sum, SIGNED_COLORMAP, lo=-limit, hi=limit, size=size[0]),
+                  caption=f"Weighted sum, {h}×{w}: {_num(wk.weighted_sum.min())} to {_num(wk.weighted_sum.max())}")
+    pictures.show(cols[1], pictures.map_image(wk.relu, sel.colormap, lo=0.0, hi=relu_hi or 1.0, size=size[0]),
+                  caption=f"After the ReLU: 0 to {_num(relu_hi)}")
+    pictures.show(cols[2], Image.fromarray(explain.render.colorize(wk.upsampled, sel.colormap)),
+                  caption=f"Upsampled to {size[0]}×{size[1]}, scaled to 0…1")
+    pictures.show(cols[3], pictures.overlay(wk.image, wk.upsampled, sel), caption="Laid over the picture")
     st.markdown(
         f"**Step 3 · weighted sum, then ReLU.** All {c} channels are added up with their weights. "
         f"Blue cells ({negative:.0%} of them here) are evidence *against* the class; the ReLU sets them "
@@ -123,13 +121,13 @@ def cam_part(wk: Walkthrough, sel: state.Selection, class_name: str) -> None:
     c, h, w = wk.layer_shape
     st.subheader("1 · CAM (class activation mapping)")
     st.latex(r"M^c = \sum_k w_k^c\,A^k")
-    st.markdown(f"**Step 1 · feature maps.** Layer {views.md_escape(wk.layer)} hands over {c} feature maps "
+    st.markdown(f"**Step 1 · feature maps.** Layer {text.md_escape(wk.layer)} hands over {c} feature maps "
                 f"of {h}×{w} numbers. The {len(wk.channel_indices)} channels that add the most to "
-                f"'{views.md_escape(class_name)}':")
+                f"'{text.md_escape(class_name)}':")
     feature_maps(wk)
     st.markdown(
         "**Step 2 · weights.** For CAM the weights are the model's own: the row of class "
-        f"'{views.md_escape(class_name)}' in the final linear layer, which turns the {c} channel averages "
+        f"'{text.md_escape(class_name)}' in the final linear layer, which turns the {c} channel averages "
         f"into the class score. These {len(wk.channel_indices)} channels carry "
         f"{wk.contribution_share:.0%} of the positive evidence."
     )
@@ -146,13 +144,13 @@ def gradcam_part(wk: Walkthrough, sel: state.Selection, class_name: str, after_c
     if after_cam:
         st.markdown("**Step 1 · feature maps** are the same as for CAM.")
     else:
-        st.markdown(f"**Step 1 · feature maps.** Layer {views.md_escape(wk.layer)} hands over {c} feature maps "
+        st.markdown(f"**Step 1 · feature maps.** Layer {text.md_escape(wk.layer)} hands over {c} feature maps "
                     f"of {h}×{w} numbers. The {len(wk.channel_indices)} channels that add the most to "
-                    f"'{views.md_escape(class_name)}':")
+                    f"'{text.md_escape(class_name)}':")
         feature_maps(wk)
     st.markdown(
         f"**Step 2 · weights from gradients.** Grad-CAM asks how the score $y^c$ of "
-        f"'{views.md_escape(class_name)}' would change if each number of a feature map grew a little "
+        f"'{text.md_escape(class_name)}' would change if each number of a feature map grew a little "
         f"(the gradient), and averages that over the {h}×{w} = {h * w} positions ($Z$). "
         f"These {len(wk.channel_indices)} channels carry {wk.contribution_share:.0%} of the positive evidence."
     )
@@ -185,27 +183,26 @@ def why_part(cam: Walkthrough | None, grad: Walkthrough) -> None:
     st.markdown(WHY_GRADCAM)
 
 
-with views.guard("preparing the lesson"):
-    sel = views.need_selection()
+with page.guard("preparing the lesson"):
+    sel = page.need_selection()
     m = resources.get_model(sel.model_name)
     class_name = m.categories[sel.target]
     st.header("Learn: how CAM and Grad-CAM draw their maps")
-    grad = walkthrough(m, sel.image, sel.target, layer=sel.layer, method="gradcam", top_channels=TOP_CHANNELS,
+    grad = walkthrough(m, sel.image, sel.target, layer=sel.layer, method=explain.TEACH_GRADCAM, top_channels=TOP_CHANNELS,
                        fit=sel.fit)
     st.caption(
-        f"Live numbers for {views.md_escape(views.class_label(m.categories, sel.target))} "
-        f"({views.percent(grad.prob)}) on {views.md_escape(sel.image_label)} · model {views.md_escape(m.name)} "
-        f"· layer {views.md_escape(grad.layer)}. Change them in the sidebar."
+        f"Live numbers for {text.md_escape(text.class_label(m.categories, sel.target))} "
+        f"({text.percent(grad.prob)}) on {text.md_escape(sel.image_label)} · model {text.md_escape(m.name)} "
+        f"· layer {text.md_escape(grad.layer)}. Change them in the sidebar."
     )
     left, right = st.columns([3, 1])
     left.markdown(INTRO)
-    right.image(render.overlay(grad.image, grad.upsampled, sel.colormap, sel.alpha),
-                caption="Where we are going: the Grad-CAM map", width="stretch")
+    pictures.show(right, pictures.overlay(grad.image, grad.upsampled, sel), caption="Where we are going: the Grad-CAM map")
 
     cam: Walkthrough | None = None
     reason: str | None = None
     try:
-        cam = walkthrough(m, sel.image, sel.target, layer=sel.layer, method="cam", top_channels=TOP_CHANNELS,
+        cam = walkthrough(m, sel.image, sel.target, layer=sel.layer, method=explain.TEACH_CAM, top_channels=TOP_CHANNELS,
                           fit=sel.fit)
     except explain.MethodNotApplicableError as err:
         reason = str(err)
@@ -216,11 +213,11 @@ with views.guard("preparing the lesson"):
         st.subheader("1 · CAM does not apply here")
         hint = ""
         try:
-            explain.get_method("cam").check(m, m.default_layer)
+            explain.get_method(explain.TEACH_CAM).check(m, m.default_layer)
             hint = f" CAM does work at layer {m.default_layer} (the recommended one): choose it in the sidebar."
         except explain.MethodNotApplicableError:
             hint = " This model has no layer where it does, so the lesson continues with Grad-CAM only."
-        st.warning(views.md_escape(f"{reason}{hint}"))
+        st.warning(text.md_escape(f"{reason}{hint}"))
     st.divider()
     gradcam_part(grad, sel, class_name, after_cam=cam is not None)
     st.divider()

@@ -9,15 +9,16 @@ unpickled as code.
 from __future__ import annotations
 
 import hashlib
+import io  # Streamlit's uploaded files are BytesIO objects
 import logging
 import math
 
 import streamlit as st
-from streamlit.runtime.uploaded_file_manager import UploadedFile
+
 
 import explain
 from explain import custom
-from ui import resources, state, views
+from ui import page, resources, state, text
 
 MAX_WEIGHTS_MB = 200  # more than the images' limit: ResNet-50 weights are ~100 MB
 MAX_SHOWN_CLASSES = 12
@@ -52,7 +53,7 @@ def parse_floats(text: str, what: str) -> tuple[float, ...] | None:
 
 
 def build(
-    arch: str, weights: UploadedFile, labels_file: UploadedFile | None, size: int, mean_text: str, std_text: str,
+    arch: str, weights: io.BytesIO, labels_file: io.BytesIO | None, size: int, mean_text: str, std_text: str,
     invert: bool,
 ) -> resources.UploadedModel:
     """Read the uploads and build the model (raises ExplainError with what to fix)."""
@@ -114,17 +115,17 @@ def summary(mine: resources.UploadedModel) -> None:
     colour = "greyscale" if pre.in_channels == 1 else f"{pre.in_channels} channels (colour)"
     if pre.invert:
         colour += ", inverted (light strokes on dark)"
-    names = ", ".join(views.class_label(m.categories, i) for i in range(min(MAX_SHOWN_CLASSES, m.num_classes)))
+    names = ", ".join(text.class_label(m.categories, i) for i in range(min(MAX_SHOWN_CLASSES, m.num_classes)))
     more = f" … and {m.num_classes - MAX_SHOWN_CLASSES} more" if m.num_classes > MAX_SHOWN_CLASSES else ""
     labels = mine.labels_name or "none (classes are numbered, or named by the weights file)"
-    st.success(views.md_escape(f"Your model is loaded from {mine.weights_name}."))
+    st.success(text.md_escape(f"Your model is loaded from {mine.weights_name}."))
     st.markdown(
         "\n".join([
-            f"- **Architecture:** {views.md_escape(arch_label(mine.arch))}",
-            f"- **Classes:** {m.num_classes} — {views.md_escape(names + more)}",
-            f"- **Labels file:** {views.md_escape(labels)}",
-            f"- **Input:** {pre.input_size}×{pre.input_size} pixels, {views.md_escape(colour)}",
-            f"- **Layers to explain:** {len(m.layers())}, recommended {views.md_escape(m.default_layer)}",
+            f"- **Architecture:** {text.md_escape(arch_label(mine.arch))}",
+            f"- **Classes:** {m.num_classes} — {text.md_escape(names + more)}",
+            f"- **Labels file:** {text.md_escape(labels)}",
+            f"- **Input:** {pre.input_size}×{pre.input_size} pixels, {text.md_escape(colour)}",
+            f"- **Layers to explain:** {len(m.layers())}, recommended {text.md_escape(m.default_layer)}",
         ])
     )
     in_use = st.session_state.get(state.MODEL) == mine.name
@@ -139,8 +140,8 @@ def summary(mine: resources.UploadedModel) -> None:
               help="Forget these weights; load other ones below.")
 
 
-with views.guard("loading your model"):
-    views.ensure_app_entry()
+with page.guard("loading your model"):
+    page.enter()
     ss = st.session_state
     st.header("Your model")
     st.markdown(INTRO)
@@ -186,11 +187,11 @@ with views.guard("loading your model"):
             with st.spinner("Building your model…"):
                 built = build(arch, weights, labels_file, int(size or 0), mean_text, std_text, bool(invert))
         except explain.ExplainError as err:
-            st.error(views.md_escape(f"{err} Check the architecture and the files, then try again."))
+            st.error(text.md_escape(f"{err} Check the architecture and the files, then try again."))
         except Exception as exc:  # noqa: BLE001 - e.g. an input size too small for the architecture
             _LOG.exception("Building an uploaded model failed")
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][: views.SHORT_MESSAGE]
-            st.error(views.md_escape(
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][: page.SHORT_MESSAGE]
+            st.error(text.md_escape(
                 f"These weights could not be used with {arch}: {first}. Check the architecture and the input size."
             ))
         else:

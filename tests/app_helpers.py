@@ -16,7 +16,8 @@ from streamlit.testing.v1 import AppTest
 
 import explain
 from explain.samples import SAMPLES_DIR
-from ui import state, views
+from ui import state
+from ui import text as ui_text
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 APP = str(REPO / "app.py")
@@ -74,7 +75,7 @@ def engine_predictions(model_name: str, sample: str, method: str = "gradcam") ->
 
 def escaped(text: str) -> str:
     """How the app writes ``text`` into Markdown (special characters escaped)."""
-    return views.md_escape(text)
+    return ui_text.md_escape(text)
 
 
 def animated_gif() -> bytes:

@@ -33,7 +33,8 @@ from streamlit.runtime.scriptrunner_utils.exceptions import RerunException, Stop
 from streamlit.testing.v1 import AppTest
 
 import explain
-from ui import resources, state, views, widgets
+from ui import page, pictures, resources, state, widgets
+from ui import text as ui_text
 
 DEFAULT = explain.DEFAULT_MODEL
 CAT = "cat.jpg"
@@ -61,7 +62,7 @@ def test_explain_page_renders_default_model_and_cat(model: explain.Model) -> Non
     assert widget(at, "selectbox", state.LAYER).value == model.default_layer
     assert main_images(at) == 3  # model view, raw map (matplotlib), overlay
     text = markdown_text(at)
-    assert f"The model is {views.percent(prob)} sure this is" in text
+    assert f"The model is {ui_text.percent(prob)} sure this is" in text
     assert f"'{escaped(name)}'" in text
     h, w = model.layer_info(model.default_layer).shape[1:]
     assert f"{h}×{w} at layer {escaped(model.default_layer)}" in text
@@ -76,7 +77,7 @@ def test_compare_classes_page(model: explain.Model) -> None:
     at.switch_page("pages/compare_classes.py")
     run_ok(at)
     preds = engine_predictions(DEFAULT, CAT)
-    expected = [escaped(f"{views.class_label(model.categories, i)} — {views.percent(p)}") for i, _n, p in preds]
+    expected = [escaped(f"{ui_text.class_label(model.categories, i)} — {ui_text.percent(p)}") for i, _n, p in preds]
     assert image_captions(at)[: len(expected)] == expected
     assert main_images(at) == len(preds)
 
@@ -166,8 +167,8 @@ def test_display_class_and_method_changes_reuse_the_forward_pass(model: explain.
     run_ok(at)
     assert model.stats.forward_passes == n
     text = markdown_text(at)
-    assert f"The model's top guess is {escaped(preds[0][1])} ({views.percent(preds[0][2])})" in text
-    assert f"for '{escaped(other_name)}' ({views.percent(other_p)})" in text
+    assert f"The model's top guess is {escaped(preds[0][1])} ({ui_text.percent(preds[0][2])})" in text
+    assert f"for '{escaped(other_name)}' ({ui_text.percent(other_p)})" in text
 
     for method in ("gradcam++", "layercam"):
         widget(at, "selectbox", state.METHOD).select(method)
@@ -213,7 +214,7 @@ def test_upload_replaces_the_image_and_resets_the_class() -> None:
     run_ok(at)
     index, _name, prob = top("coffee.jpg")
     assert widget(at, "selectbox", state.TARGET).value == index
-    assert f"The model is {views.percent(prob)} sure this is" in markdown_text(at)
+    assert f"The model is {ui_text.percent(prob)} sure this is" in markdown_text(at)
     assert "my coffee.jpg" in markdown_text(at)
     assert main_images(at) == 3
 
@@ -363,21 +364,21 @@ def test_captions_for_top_class_other_class_and_saliency(model: explain.Model) -
     image = explain.load_image(explain.samples.SAMPLES_DIR / CAT)
     r = explain.explain(model, image)
     (_i0, n0, p0), (i1, n1, p1) = r.predictions[:2]
-    assert views.explanation_caption(r) == escaped(
-        f"The model is {views.percent(p0)} sure this is {'an' if n0[0].lower() in 'aeiou' else 'a'} {n0}; "
+    assert ui_text.explanation_caption(r) == escaped(
+        f"The model is {ui_text.percent(p0)} sure this is {'an' if n0[0].lower() in 'aeiou' else 'a'} {n0}; "
         f"the highlighted region is what pushed its score for '{n0}' up the most."
     )
     other = explain.explain(model, image, targets=[i1])
-    assert views.explanation_caption(other).startswith(escaped(f"The model's top guess is {n0} ({views.percent(p0)}); "
-                                                               f"for '{n1}' ({views.percent(p1)})"))
+    assert ui_text.explanation_caption(other).startswith(escaped(f"The model's top guess is {n0} ({ui_text.percent(p0)}); "
+                                                               f"for '{n1}' ({ui_text.percent(p1)})"))
     sal = explain.explain(model, image, method="saliency")
-    assert "bright pixels" in views.explanation_caption(sal)
+    assert "bright pixels" in ui_text.explanation_caption(sal)
 
 
 def test_small_helpers() -> None:
-    assert views.percent(0.6234) == "62%" and views.percent(0.0712) == "7.1%" and views.percent(0.0002) == "<0.1%"
-    assert views.md_escape("a_b *c* [d](e) <f>") == r"a\_b \*c\* \[d\](e) \<f\>"
-    assert views.class_label(["x", "tabby"], 1) == "1 · tabby"
+    assert ui_text.percent(0.6234) == "62%" and ui_text.percent(0.0712) == "7.1%" and ui_text.percent(0.0002) == "<0.1%"
+    assert ui_text.md_escape("a_b *c* [d](e) <f>") == r"a\_b \*c\* \[d\](e) \<f\>"
+    assert ui_text.class_label(["x", "tabby"], 1) == "1 · tabby"
     lite = explain.ModelInfo("efficientnet_lite0", "embedded", True, "", 18.0, "")
     tv = explain.ModelInfo("resnet50", "torchvision", False, "resnet50-11ad3fa6.pth", 97.8, "")
     assert widgets.model_label(lite) == "efficientnet_lite0 (embedded)"
@@ -400,25 +401,25 @@ def test_npy_download_round_trips() -> None:
     import numpy as np
 
     maps = np.random.default_rng(0).random((2, 7, 7)).astype(np.float32)
-    assert np.array_equal(np.load(io.BytesIO(views.npy_bytes(maps))), maps)
+    assert np.array_equal(np.load(io.BytesIO(pictures.npy_bytes(maps))), maps)
 
 
 # ---- guard and configuration -----------------------------------------------------------------------
 
 
 def _guarded_failure() -> None:
-    from ui import views
+    from ui import page
 
-    with views.guard("testing the guard"):
+    with page.guard("testing the guard"):
         raise RuntimeError("boom\nwith a second line")
 
 
 def _guarded_stop() -> None:
     import streamlit as st
 
-    from ui import views
+    from ui import page
 
-    with views.guard("testing the guard"):
+    with page.guard("testing the guard"):
         st.stop()
     st.write("not reached")
 
@@ -435,7 +436,7 @@ def test_guard_lets_streamlit_control_flow_through() -> None:
     at = AppTest.from_function(_guarded_stop).run()
     assert not at.exception and not at.error and not at.markdown
     for exc in (StopException(), RerunException(None)):
-        with pytest.raises(type(exc)), views.guard("testing"):
+        with pytest.raises(type(exc)), page.guard("testing"):
             raise exc
 
 

@@ -289,9 +289,9 @@ def test_report_of_explain_includes_matching_faithfulness_scores(downloads: dict
         method: FaithfulnessResult(sel_target, fr, fr[::-1].copy(), fr.copy(), 0.1 * k, 0.5 + 0.1 * k, 0.8)
         for k, method in enumerate(("gradcam", "layercam"), start=1)
     }
-    at.session_state[state.FAITH_RESULTS] = {
-        "context": (DEFAULT, digest, sel_target, model.default_layer), "results": results,
-    }
+    at.session_state[state.FAITH_RESULTS] = state.FaithfulnessShown(
+        context=(DEFAULT, digest, sel_target, model.default_layer), results=results,
+    )
     downloads.clear()
     run_ok(at)
     png, data = read_report(downloads)
@@ -302,9 +302,9 @@ def test_report_of_explain_includes_matching_faithfulness_scores(downloads: dict
         m: {"class": r.cls, "deletion_auc": r.deletion_auc, "insertion_auc": r.insertion_auc} for m, r in results.items()
     }
     # Scores computed for another layer are not about this picture.
-    at.session_state[state.FAITH_RESULTS] = {
-        "context": (DEFAULT, digest, sel_target, widgets.grid_default_layers(model)[0]), "results": results,
-    }
+    at.session_state[state.FAITH_RESULTS] = state.FaithfulnessShown(
+        context=(DEFAULT, digest, sel_target, widgets.grid_default_layers(model)[0]), results=results,
+    )
     downloads.clear()
     run_ok(at)
     assert "faithfulness" not in read_report(downloads)[1]

@@ -99,12 +99,12 @@ def test_curves_table_chart_and_areas_come_from_the_engine(model: explain.Model,
 
     expected = explain.compare_methods(model, cat, target, TEST_METHODS, layer=layer, steps=TEST_STEPS)
     table = frame_with(at, "Deletion AUC (lower is better)")
-    assert list(table["Method"]) == [row["title"] for row in expected]  # the chosen methods + random
+    assert list(table["Method"]) == [row.title for row in expected]  # the chosen methods + random
     for shown, row in zip(table.to_dict("records"), expected):
-        assert shown["Deletion AUC (lower is better)"] == pytest.approx(row["deletion_auc"], abs=1e-6)
-        assert shown["Insertion AUC (higher is better)"] == pytest.approx(row["insertion_auc"], abs=1e-6)
+        assert shown["Deletion AUC (lower is better)"] == pytest.approx(row.deletion_auc, abs=1e-6)
+        assert shown["Insertion AUC (higher is better)"] == pytest.approx(row.insertion_auc, abs=1e-6)
     assert len(at.main.image) == 1 + len(TEST_METHODS)  # the curves (matplotlib), then each method's map
-    gradcam = expected[0]["result"]
+    gradcam = expected[0].result
     reading = explain.plain_reading("Grad-CAM", model.categories[target], gradcam, 0.1)
     assert escaped(reading) in markdown_text(at)
     assert buttons(at) == [SANITY_BUTTON]  # the curves are there: no button to compute them again
@@ -112,10 +112,10 @@ def test_curves_table_chart_and_areas_come_from_the_engine(model: explain.Model,
     # The contract with the report download: context and results, under exactly this key.
     stored = at.session_state[RESULTS_KEY]
     digest = resources.digest_of((SAMPLES_DIR / "cat.jpg").read_bytes())
-    assert stored["context"] == (DEFAULT, digest, target, layer)
-    assert set(stored["results"]) == {*TEST_METHODS, "random"}
-    assert isinstance(stored["results"]["gradcam"], explain.FaithfulnessResult)
-    assert stored["results"]["gradcam"].deletion_auc == pytest.approx(expected[0]["deletion_auc"], abs=1e-6)
+    assert stored.context == (DEFAULT, digest, target, layer)
+    assert set(stored.results) == {*TEST_METHODS, "random"}
+    assert isinstance(stored.results["gradcam"], explain.FaithfulnessResult)
+    assert stored.results["gradcam"].deletion_auc == pytest.approx(expected[0].deletion_auc, abs=1e-6)
 
     # A display change reruns the page without a single forward pass.
     before = model.stats.forward_passes
@@ -163,9 +163,9 @@ def test_an_interrupted_run_stores_nothing_and_the_next_run_is_complete(model: e
     layer = widget(at, "selectbox", state.LAYER).value
     expected = real(model, cat, target, ["gradcam"], layer=layer, steps=TEST_STEPS)
     table = frame_with(at, "Deletion AUC (lower is better)")
-    assert list(table["Deletion AUC (lower is better)"]) == pytest.approx([r["deletion_auc"] for r in expected], abs=1e-6)
-    assert at.session_state[RESULTS_KEY]["results"]["gradcam"].insertion_auc == pytest.approx(
-        expected[0]["insertion_auc"], abs=1e-6)
+    assert list(table["Deletion AUC (lower is better)"]) == pytest.approx([r.deletion_auc for r in expected], abs=1e-6)
+    assert at.session_state[RESULTS_KEY].results["gradcam"].insertion_auc == pytest.approx(
+        expected[0].insertion_auc, abs=1e-6)
 
 
 def test_sanity_check_shows_the_engines_correlations_and_leaves_the_model_alone(model: explain.Model, cat) -> None:

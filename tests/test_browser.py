@@ -19,7 +19,8 @@ import pytest
 import explain
 from explain.samples import SAMPLES_DIR, sample_title
 from tests import server
-from ui import views, widgets
+from ui import widgets
+from ui import text as ui_text
 
 pytestmark = pytest.mark.browser
 
@@ -31,8 +32,8 @@ LEARN_PATH = "/learn"
 
 
 @pytest.fixture(scope="module")
-def lite0_model() -> explain.Model:
-    return explain.load_model(explain.DEFAULT_MODEL)
+def lite0_model(lite0: explain.Model) -> explain.Model:
+    return lite0  # the session's shared embedded default model
 
 
 def predictions_of(m: explain.Model, filename: str) -> list[tuple[int, str, float]]:
@@ -143,12 +144,12 @@ def test_dashboard_in_chromium(lite0_model: explain.Model) -> None:
     cats = lite0_model.categories
     expected = {
         "default_title": sample_title(default),
-        "default_label": views.class_label(cats, default_preds[0][0]),
+        "default_label": ui_text.class_label(cats, default_preds[0][0]),
         "other_title": sample_title(OTHER_SAMPLE),
-        "other_label": views.class_label(cats, other_preds[0][0]),
+        "other_label": ui_text.class_label(cats, other_preds[0][0]),
         "other_top_name": other_preds[0][1],
-        "second_label": views.class_label(cats, other_preds[1][0]),
-        "other_top5_labels": [views.class_label(cats, i) for i, _n, _p in other_preds],
+        "second_label": ui_text.class_label(cats, other_preds[1][0]),
+        "other_top5_labels": [ui_text.class_label(cats, i) for i, _n, _p in other_preds],
     }
     # Otherwise the test could not tell whether the page followed the sample change.
     assert expected["other_label"] != expected["default_label"]

@@ -28,7 +28,8 @@ from corpus import Case, build_cases
 
 import explain
 from explain.io import SUPPORTED_EXTENSIONS
-from ui import resources, state, views
+from ui import resources, state
+from ui import text as ui_text
 
 CASES = build_cases()
 # A spread of the kinds: empty, text, SVG, truncated, bomb, too small, and good ones that need care
@@ -114,7 +115,7 @@ def upload_corpus(cases: list[Case]) -> None:
     index, name, prob = preds[0]
     assert widget(at, "selectbox", state.TARGET).value == index
     text = markdown_text(at)
-    assert f"The model is {views.percent(prob)} sure this is" in text and f"'{escaped(name)}'" in text
+    assert f"The model is {ui_text.percent(prob)} sure this is" in text and f"'{escaped(name)}'" in text
     assert "last.jpg" in text
     assert main_images(at) == 3
 

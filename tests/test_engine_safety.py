@@ -257,11 +257,11 @@ def test_concurrent_requests_for_one_capture_share_one_forward(lite0, sample_ima
     torch.testing.assert_close(torch.stack(maps), together, rtol=1e-4, atol=1e-6)
 
 
-def test_randomized_copy_leaves_the_original_alone(digits, sample_image):
+def test_randomised_copy_leaves_the_original_alone(digits, sample_image):
     img = sample_image("digit_7.png")
     before = snapshot(digits.module)
     original = explain.explain(digits, img, targets=[7]).maps
-    rand = digits.randomized_copy(["fc", "features.6"], seed=1)
+    rand = digits.randomised_copy(["fc", "features.6"], seed=1)
     assert rand.module is not digits.module
     assert not torch.equal(rand.module.fc.weight, digits.module.fc.weight)
     assert torch.equal(rand.module.features[0].weight, digits.module.features[0].weight)

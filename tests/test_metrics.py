@@ -24,11 +24,6 @@ SAMPLES = Path(__file__).resolve().parent.parent / "assets" / "samples"
 # ---- fixtures ------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def digits() -> explain.Model:
-    return explain.load_model("digits_lenet")
-
-
-@pytest.fixture(scope="module")
 def three() -> Image.Image:
     return explain.load_image(SAMPLES / "digit_3.png")
 
@@ -36,11 +31,6 @@ def three() -> Image.Image:
 @pytest.fixture(scope="module")
 def three_heat(digits, three) -> np.ndarray:
     return explain.explain(digits, three, targets=[3], method="gradcam").heatmaps()[0]
-
-
-@pytest.fixture(scope="module")
-def lite0() -> explain.Model:
-    return explain.load_model("efficientnet_lite0")
 
 
 @pytest.fixture(scope="module")
@@ -292,20 +282,20 @@ def test_compare_methods_reports_inapplicable_methods_and_a_random_row(digits, t
     rows = metrics.compare_methods(
         digits, three, 3, ["gradcam", "cam"], layer="features.6", steps=4, progress=lambda d, t: calls.append((d, t))
     )
-    assert [r["method"] for r in rows] == ["gradcam", "cam", "random"]
+    assert [r.method for r in rows] == ["gradcam", "cam", "random"]
     grad, cam, rnd = rows
-    assert grad["error"] is None and cam["result"] is None and rnd["error"] is None
-    assert "CAM does not apply" in cam["error"]
-    assert grad["heat"].shape == (32, 32) and rnd["heat"] is None
+    assert grad.error is None and cam.result is None and rnd.error is None
+    assert "CAM does not apply" in cam.error
+    assert grad.heat.shape == (32, 32) and rnd.heat is None
     # The Grad-CAM row is exactly the curve of the (upsampled raw) Grad-CAM map.
     r = explain.explain(digits, three, targets=[3], layer="features.6", method="gradcam")
     direct = deletion_insertion(digits, three, 3, r.maps[0].numpy(), steps=4)
-    np.testing.assert_array_equal(grad["result"].deletion, direct.deletion)
-    assert grad["deletion_auc"] == direct.deletion_auc and grad["insertion_auc"] == direct.insertion_auc
+    np.testing.assert_array_equal(grad.result.deletion, direct.deletion)
+    assert grad.deletion_auc == direct.deletion_auc and grad.insertion_auc == direct.insertion_auc
     # The random row is a random map at the target layer's resolution (8×8 here), seeded.
     order = random_ranking((32, 32), seed=0, grid=(8, 8))
     rand = deletion_insertion(digits, three, 3, None, ranking=order, steps=4)
-    np.testing.assert_array_equal(rnd["result"].insertion, rand.insertion)
+    np.testing.assert_array_equal(rnd.result.insertion, rand.insertion)
     # Progress counts the images of the rows that ran, and ends at the total.
     assert calls[-1][0] == calls[-1][1] == 2 * 2 * 5
 

@@ -65,11 +65,6 @@ def toy_image() -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def lite0() -> explain.Model:
-    return explain.load_model("efficientnet_lite0")
-
-
-@pytest.fixture(scope="module")
 def cat() -> Image.Image:
     return explain.load_image(SAMPLES / "cat.jpg")
 

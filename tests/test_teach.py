@@ -17,16 +17,6 @@ EGYPTIAN_CAT = 285
 
 
 @pytest.fixture(scope="module")
-def lite0() -> explain.Model:
-    return explain.load_model("efficientnet_lite0")
-
-
-@pytest.fixture(scope="module")
-def digits() -> explain.Model:
-    return explain.load_model("digits_lenet")
-
-
-@pytest.fixture(scope="module")
 def cat():
     return explain.load_image(SAMPLES / "cat.jpg")
 

@@ -51,23 +51,18 @@ def predictions_json(predictions: Sequence[tuple[int, str, float]]) -> list[dict
 def faithfulness_json(sel: state.Selection) -> dict | None:
     """Deletion/insertion AUCs per method from the Faithfulness page, if computed for this selection."""
     stored = st.session_state.get(state.FAITH_RESULTS)
-    if not isinstance(stored, Mapping):
+    if not isinstance(stored, state.FaithfulnessShown):
         return None
-    context = stored.get("context")
-    if not isinstance(context, (tuple, list)) or tuple(context) != (
-        sel.model_name, sel.image_digest, sel.target, sel.layer
-    ):
+    if stored.context != (sel.model_name, sel.image_digest, sel.target, sel.layer):
         return None  # computed for another model, image, class or layer: not about this report
-    results = stored.get("results")
-    if not isinstance(results, Mapping):
-        return None
-    out = {}
-    for method, result in results.items():
-        out[str(method)] = {
-            "class": int(getattr(result, "cls", sel.target)),
-            "deletion_auc": _maybe_float(getattr(result, "deletion_auc", None)),
-            "insertion_auc": _maybe_float(getattr(result, "insertion_auc", None)),
+    out = {
+        str(method): {
+            "class": int(result.cls),
+            "deletion_auc": _maybe_float(result.deletion_auc),
+            "insertion_auc": _maybe_float(result.insertion_auc),
         }
+        for method, result in stored.results.items()
+    }
     return out or None
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import pathlib
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import streamlit as st
 from PIL import Image, ImageOps
 
 import explain
+from ui import streamlit_compat
 from ui.state import UPLOADED as UPLOADED_KEY
 
 #: How many models stay loaded at once (each EfficientNet/ResNet is tens to hundreds of MB).
@@ -73,9 +73,7 @@ class UploadedModel:
 
 def uploaded_model() -> UploadedModel | None:
     """This session's uploaded model, if any (``None`` outside a script run, e.g. in tests)."""
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    if get_script_run_ctx(suppress_warning=True) is None:
+    if not streamlit_compat.in_script_run():
         return None
     mine = st.session_state.get(UPLOADED_KEY)
     return mine if isinstance(mine, UploadedModel) else None
@@ -113,10 +111,7 @@ def load_with_progress(name: str, where: st.delta_generator.DeltaGenerator) -> e
         except BaseException as exc:  # noqa: BLE001 - handed to the script thread below
             outcome["error"] = exc
 
-    from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
-
-    worker = threading.Thread(target=work, name=f"load-{name}", daemon=True)
-    add_script_run_ctx(worker, get_script_run_ctx())
+    worker = streamlit_compat.script_thread(work, name=f"load-{name}")
     bar = where.progress(0.0, text=f"Downloading the weights of {name}…")
     worker.start()
     while worker.is_alive():

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import streamlit as st
 
 import explain
-from ui import resources, state, views
+from ui import resources, state, text
 
 # Query parameter names.
 MODEL, SAMPLE, FIT, LAYER, METHOD, TARGET = "model", "sample", "fit", "layer", "method", "class"
@@ -95,7 +95,7 @@ def warn_ignored(link: Incoming | None) -> None:
         link.ignore(name, value, "could not be applied")
     if link.ignored:
         st.warning(
-            views.md_escape("Some settings in the link were ignored: " + "; ".join(link.ignored)
+            text.md_escape("Some settings in the link were ignored: " + "; ".join(link.ignored)
                             + ". The defaults are used instead.")
         )
 
@@ -199,7 +199,6 @@ def apply_display(link: Incoming | None) -> None:
     """``colormap``, ``alpha``, ``smooth``, ``normalize``, ``contour``."""
     if link is None:
         return
-    from ui.widgets import SMOOTH_MAX  # widgets imports this module
 
     ss = st.session_state
     colormap = _choice(link, COLORMAP, explain.COLORMAPS, "colormap")
@@ -208,7 +207,7 @@ def apply_display(link: Incoming | None) -> None:
     alpha = _number(link, ALPHA, 0.0, 1.0)
     if alpha is not None:
         ss[state.ALPHA] = round(round(alpha / ALPHA_STEP) * ALPHA_STEP, 2)  # onto the slider's steps
-    smooth = _number(link, SMOOTH, 0, SMOOTH_MAX)
+    smooth = _number(link, SMOOTH, 0, state.SMOOTH_MAX)
     if smooth is not None:
         ss[state.SMOOTH] = round(smooth)
     normalize = _choice(link, NORMALIZE, explain.NORMALIZATIONS, "colour scale")
@@ -226,10 +225,10 @@ def apply_method(link: Incoming | None) -> None:
     """``method`` (the sidebar's) and ``methods`` (Compare methods & layers)."""
     if link is None:
         return
-    method = _choice(link, METHOD, explain.METHODS, "method")
+    method = _choice(link, METHOD, explain.method_names(), "method")
     if method is not None:
         st.session_state[state.METHOD] = method
-    methods = _name_list(link, METHODS, explain.METHODS, "method")
+    methods = _name_list(link, METHODS, explain.method_names(), "method")
     if methods is not None:
         st.session_state[state.COMPARE_METHODS] = methods
 

@@ -12,6 +12,15 @@ from dataclasses import dataclass, field
 import streamlit as st
 from PIL import Image
 
+import explain
+
+# ---- widget ranges and defaults ------------------------------------------------------------------
+DEFAULT_SAMPLE = explain.COLOUR_SAMPLE  # the sample a colour model starts with
+DIGIT_SAMPLE = explain.GREY_SAMPLE  # the sample a greyscale model starts with
+TOP_K = 5  # predictions in the sidebar chart and the default Compare classes set
+SMOOTH_MAX = 20  # px; the model view is 224 px wide
+GALLERY_COLUMNS = 3
+
 # ---- widget keys (sidebar, shared by all pages) ------------------------------------------------
 MODEL = "cx.model"  # selectbox: model name
 IMAGE_SOURCE = "cx.image_source"  # radio: one of IMAGE_SOURCES
@@ -54,9 +63,14 @@ OWN_BUILD = "cx.own.build"  # True from the "Load my model" click until the page
 UPLOADED = "cx.own.model"  # ui.resources.UploadedModel of this session (that user's own model)
 MODEL_REQUEST = "cx.model_request"  # model name to select on the next run, before the picker is drawn
 SHARE_READ = "cx.share.read"  # True once this session's link (query parameters) was read
-#: Written by the Faithfulness page, read by the report: ``{"context": (model, image digest, target,
-#: layer), "results": {method: explain.metrics.FaithfulnessResult}}``.
+#: Written by the Faithfulness page, read by the report: a :class:`FaithfulnessShown`.
 FAITH_RESULTS = "cx.faith.results"
+FAITH_METHODS = "cx.faith.methods"  # multiselect of method names (Faithfulness page)
+FAITH_STEPS = "cx.faith.steps"  # select_slider: curve steps
+FAITH_RUNS = "cx.faith.runs"  # {run key: rows from compare_methods}, the last few contexts
+SANITY_RUNS = "cx.faith.sanity"  # {run key: SanityResult}, the last few contexts
+FAITH_REQUEST = "cx.faith.request"  # run key whose curves the user asked for, until they are stored
+SANITY_REQUEST = "cx.faith.sanity_request"  # the same for the sanity check
 
 IMAGE_SOURCES: tuple[str, ...] = ("Sample", "Upload", "Camera")
 NORMALIZE_LABELS: dict[str, str] = {"per_map": "per map", "shared": "shared"}
@@ -82,10 +96,13 @@ class Selection:
     contour: bool = False
     fit: str = "squash"
 
-    @property
-    def targets(self) -> list[int]:
-        """The target classes as a list (pages that explain one class use ``[target]``)."""
-        return [self.target]
+
+@dataclass(frozen=True)
+class FaithfulnessShown:
+    """The deletion/insertion results the Faithfulness page shows now (read by the report)."""
+
+    context: tuple[str, str, int, str]  # (model, image digest, target, layer)
+    results: dict[str, explain.FaithfulnessResult]  # by method name
 
 
 def current() -> Selection | None:

@@ -12,18 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import streamlit as st
-import torch
 from PIL import Image
 
 import explain
-from ui import resources, share, state, views
+from ui import charts, resources, share, state, text
 
-DEFAULT_SAMPLE = "cat.jpg"
-DIGIT_SAMPLE = "digit_3.png"
-DIGIT_MODELS = frozenset({"digits_lenet"})
-TOP_K = 5
-SMOOTH_MAX = 20  # px; the model view is 224 px wide
-GALLERY_COLUMNS = 3
+from ui.state import DEFAULT_SAMPLE, DIGIT_SAMPLE, GALLERY_COLUMNS, SMOOTH_MAX, TOP_K  # noqa: F401 (re-exported)
 
 
 def sidebar() -> state.Selection | None:
@@ -135,16 +129,11 @@ def model_picker() -> explain.Model:
         "Use the Your model page to load your own weights.",
     )
     if error:
-        status.error(views.md_escape(error))
+        status.error(text.md_escape(error))
     return m
 
 
 # ---- image ------------------------------------------------------------------------------------
-
-
-def default_sample(model_name: str, in_channels: int = 3) -> str:
-    """The sample shown first for a model: a digit for the digit model (or any greyscale one), else the cat."""
-    return DIGIT_SAMPLE if model_name in DIGIT_MODELS or in_channels == 1 else DEFAULT_SAMPLE
 
 
 def image_picker(m: explain.Model) -> tuple[str, str, Image.Image | None, str]:
@@ -199,12 +188,12 @@ def _sample_input(m: explain.Model) -> tuple[bytes | None, str]:
         return None, ""
     names = [fname for _t, fname, _i in gallery]
     titles = {fname: title for title, fname, _i in gallery}
-    wanted = default_sample(m.name, m.preprocess.in_channels)
+    wanted = m.default_sample  # declared by the model's family (a digit for greyscale models)
     if ss.get(state.SAMPLE_CONTEXT) != m.name:
         # A new model gets a sample it can make sense of (digits for the digit model), unless the
-        # current one already suits it.
+        # current one already suits it: a picture of the same kind as the model's own sample.
         current = ss.get(state.SAMPLE)
-        suits = current in names and current.startswith("digit_") == wanted.startswith("digit_")
+        suits = current in names and explain.sample_kind(current) == explain.sample_kind(wanted)
         if not suits:
             ss[state.SAMPLE] = wanted if wanted in names else names[0]
         ss[state.SAMPLE_CONTEXT] = m.name
@@ -215,7 +204,7 @@ def _sample_input(m: explain.Model) -> tuple[bytes | None, str]:
     with st.expander("Sample gallery"):
         for row in range(0, len(gallery), GALLERY_COLUMNS):
             for col, (title, _f, thumb) in zip(st.columns(GALLERY_COLUMNS), gallery[row : row + GALLERY_COLUMNS]):
-                col.image(thumb, caption=views.md_escape(title), width="stretch")
+                col.image(thumb, caption=text.md_escape(title), width="stretch")
     return resources.read_sample(chosen), chosen
 
 
@@ -229,12 +218,12 @@ def use_image_bytes(data: bytes | None, name: str, source: str) -> tuple[str, st
     previous = ss.get(state.IMAGE_GOOD)  # (label, digest, image) or None
     if data is None:
         if previous is not None and source != "Sample":
-            st.caption(f"Nothing chosen yet: still showing {views.md_escape(previous[0])}.")
+            st.caption(f"Nothing chosen yet: still showing {text.md_escape(previous[0])}.")
         return previous if previous is not None else ("", "", None)
     decoded = resources.decode_image(data, name or "the image")
     if decoded.image is None:
         keep = f" Still showing {previous[0]}." if previous is not None else ""
-        st.error(views.md_escape(f"{decoded.error}{keep}"))
+        st.error(text.md_escape(f"{decoded.error}{keep}"))
         return previous if previous is not None else ("", "", None)
     if decoded.image.info.get("cam_explorer_frames", 1) > 1:
         st.info("Animated image: using its first frame.")
@@ -252,10 +241,10 @@ def use_image_bytes(data: bytes | None, name: str, source: str) -> tuple[str, st
 def method_picker() -> str:
     """The method selectbox (Grad-CAM by default)."""
     ss = st.session_state
-    ss.setdefault(state.METHOD, "gradcam")
+    ss.setdefault(state.METHOD, explain.DEFAULT_METHOD)
     return st.selectbox(
-        "Method", explain.METHODS, key=state.METHOD, format_func=lambda k: explain.TITLES.get(k, k),
-        help="How channels are weighted. Score-CAM runs one masked forward pass per channel: slow on a CPU.",
+        "Method", explain.method_names(), key=state.METHOD, format_func=text.method_title,
+        help="How the map is made. " + " ".join(f"{m.title}: {m.summary}" for m in explain.all_methods()),
     )
 
 
@@ -282,14 +271,8 @@ def layer_picker(m: explain.Model) -> str:
 
 def top_predictions(m: explain.Model, image: Image.Image, fit: str, layer: str, method: str) -> list[tuple[int, str, float]]:
     """Top-5 ``(index, name, probability)`` from the (cached) capture the explanation will reuse."""
-    # The capture at the layer the method needs is the very one explain() looks up next, so
-    # predicting here costs no extra forward pass.
-    capture_layer = explain.INPUT_LAYER if explain.get_method(method).input_layer else layer
-    _view, x = m.view_and_tensor(image, fit)
     with st.spinner("Running the model…"):
-        probs = m.capture(x, capture_layer).probs.detach().cpu()
-    top = torch.topk(probs, min(TOP_K, m.num_classes))
-    return [(int(i), m.categories[int(i)], float(p)) for p, i in zip(top.values, top.indices)]
+        return explain.predict_top(m, image, fit, layer=layer, method=method, k=TOP_K)
 
 
 def class_picker(
@@ -308,12 +291,12 @@ def class_picker(
     categories = m.categories
     target = st.selectbox(
         "Class to explain", range(m.num_classes), key=state.TARGET,
-        format_func=lambda i: views.class_label(categories, i),
+        format_func=lambda i: text.class_label(categories, i),
         help="Type to search. Defaults to the model's top guess.",
     )
     if predictions:
         st.caption("Top-5 predictions")
-        views.show_top5(predictions)
+        charts.show_top5(predictions)
     return int(target), predictions
 
 

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from ..errors import WeightsMismatchError
+from ..families import Built, ModelSpec, imagenet_categories
+from ..preprocess import Preprocess
 
 TIMM_NAME = "tf_efficientnet_lite0"
 
@@ -78,3 +80,17 @@ def _rename(key: str, blocks: list[tuple[int, int, str]]) -> str | None:
         return f"blocks.{stage}.{j}.{table[part]}.{param}" if part in table else None
     head, _, param = key.partition(".")
     return f"{_TOP[head]}.{param}" if head in _TOP else None
+
+
+def _load(weights: str | None, _progress: object = None) -> Built:
+    module = build(pretrained=weights is not None)
+    pre = Preprocess.from_timm(timm.data.resolve_data_config({}, model=module))
+    return Built(module, imagenet_categories(), pre)
+
+
+def spec() -> ModelSpec:
+    """The declaration of ``efficientnet_lite0`` (the embedded default model)."""
+    return ModelSpec(
+        name="efficientnet_lite0", source="embedded", size_mb=18.0, load=_load,
+        description="EfficientNet-Lite0, ImageNet (embedded default)",
+    )

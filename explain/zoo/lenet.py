@@ -37,6 +37,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..families import GREY_SAMPLE, Architecture, Built, ModelSpec
+from ..preprocess import Preprocess
 from .checks import check_state_dict
 
 DIGITS_INPUT_SIZE = 32
@@ -210,3 +212,63 @@ def load_digits_lenet(path: str | Path = WEIGHTS_PATH) -> tuple[nn.Module, list[
         "invert": bool(meta["invert"]),
     }
     return module, categories, preprocess
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+def _preprocess_from(cfg: dict) -> Preprocess:
+    from torchvision.transforms import InterpolationMode
+
+    return Preprocess(
+        input_size=int(cfg["input_size"]),
+        resize_size=int(cfg["input_size"]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=InterpolationMode(cfg.get("interpolation", "bilinear")),
+        in_channels=int(cfg.get("in_channels", 1)),
+        invert=bool(cfg.get("invert", False)),
+    )
+
+
+def _load_digits(weights: str | None, _progress: object = None) -> Built:
+    module, categories, cfg = load_digits_lenet()
+    if weights is None:
+        module = LeNet(num_classes=len(categories), in_channels=int(cfg.get("in_channels", 1)))
+    return Built(module, categories, _preprocess_from(cfg))
+
+
+def digits_spec() -> ModelSpec:
+    """The declaration of ``digits_lenet`` (embedded)."""
+    return ModelSpec(
+        name="digits_lenet", source="embedded", size_mb=0.1, load=_load_digits, default_sample=GREY_SAMPLE,
+        description="LeNet on handwritten digits (embedded)",
+    )
+
+
+def _build_for(state, source: str) -> nn.Module:
+    from ..errors import WeightsMismatchError
+
+    fc = state.get("fc.weight")
+    conv = state.get("features.0.weight")
+    if fc is None or conv is None:
+        raise WeightsMismatchError(f"{source} does not fit LeNet: it needs 'fc.weight' and convolution weights.")
+    if fc.ndim != 2 or conv.ndim != 4:
+        raise WeightsMismatchError(
+            f"{source} does not fit LeNet: fc.weight is {tuple(fc.shape)} and the first convolution's weight "
+            f"{tuple(conv.shape)}, but they must be 2-D and 4-D."
+        )
+    return LeNet(num_classes=int(fc.shape[0]), in_channels=int(conv.shape[1]))
+
+
+def _upload_preprocess(in_channels: int, input_size: int | None) -> Preprocess:
+    size = input_size or 32
+    return Preprocess(size, size, (0.5,) * in_channels, (0.5,) * in_channels, in_channels=in_channels)
+
+
+def architecture() -> Architecture:
+    """The declaration of the uploadable ``lenet`` architecture (this module's :class:`LeNet`)."""
+    return Architecture(
+        name="lenet", description="LeNet (CAM Explorer's own, as in digits_lenet)", build=_build_for,
+        preprocess=_upload_preprocess,
+    )
