@@ -8,6 +8,7 @@ torch.hub into ``$TORCH_HOME/hub/checkpoints`` on first use, and only when asked
 
 from __future__ import annotations
 
+import functools
 import glob
 import os
 import threading
@@ -46,7 +47,12 @@ class ModelInfo:
 
 def torchvision_names() -> list[str]:
     """Every ImageNet classifier in torchvision's registry."""
-    return sorted(_tv_list_models(module=torchvision.models))
+    return list(_torchvision_names())
+
+
+@functools.cache
+def _torchvision_names() -> tuple[str, ...]:
+    return tuple(sorted(_tv_list_models(module=torchvision.models)))
 
 
 def _declared() -> list[ModelSpec]:
@@ -79,9 +85,14 @@ def _weights_enum(name: str, weights: str = "default"):
 def weights_file(name: str, weights: str = "default") -> str:
     """Full path where torchvision keeps the weights of ``name``."""
     w = _weights_enum(name, weights)
-    return os.path.join(checkpoint_dir(), os.path.basename(w.url))
+    return _hub_path(os.path.basename(w.url))
 
 
+def _hub_path(file: str) -> str:
+    return os.path.join(checkpoint_dir(), file)
+
+
+@functools.lru_cache(maxsize=None)
 def _torchvision_spec(name: str) -> ModelSpec:
     """The spec of a torchvision classifier, read from torchvision's own registry and weights."""
     default = get_model_weights(name).DEFAULT
@@ -99,7 +110,7 @@ def _torchvision_spec(name: str) -> ModelSpec:
     return ModelSpec(
         name=name, source="torchvision", load=load, description=f"{name}, ImageNet ({default.name})",
         size_mb=float(default.meta.get("_file_size", 0.0)), weights_file=os.path.basename(default.url),
-        cached=lambda: os.path.exists(weights_file(name)),
+        cached=lambda: os.path.exists(_hub_path(os.path.basename(default.url))),
     )
 
 
@@ -110,7 +121,7 @@ def get_spec(name: str) -> ModelSpec:
     spec = declared_model(key)
     if spec is not None:
         return spec
-    if key in torchvision_names():
+    if key in _torchvision_names():
         return _torchvision_spec(key)
     close = [n for n in model_names() if key.lower()[:4] in n][:5]
     hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -119,8 +130,13 @@ def get_spec(name: str) -> ModelSpec:
 
 def list_models() -> list[ModelInfo]:
     """Every loadable model with whether its weights are already on disk."""
-    specs = _declared() + [_torchvision_spec(n) for n in torchvision_names()]
-    return [ModelInfo(s.name, s.source, s.cached(), s.weights_file, s.size_mb, s.description) for s in specs]
+    specs = _declared() + [_torchvision_spec(n) for n in _torchvision_names()]
+    on_disk = set(os.listdir(checkpoint_dir())) if os.path.isdir(checkpoint_dir()) else set()  # one listing, not 80 stats
+
+    def cached(s: ModelSpec) -> bool:
+        return s.weights_file in on_disk if s.weights_file else s.cached()
+
+    return [ModelInfo(s.name, s.source, cached(s), s.weights_file, s.size_mb, s.description) for s in specs]
 
 
 def load_model(

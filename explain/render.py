@@ -5,6 +5,7 @@ Raw maps are never changed in place; every function returns new arrays.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal, Sequence
 
 import cv2
@@ -12,7 +13,7 @@ import matplotlib
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ExplainError
 
@@ -224,3 +225,55 @@ def to_png_bytes(image: Image.Image, compress_level: int = 6) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
+
+
+# ---- the raw map as a picture, without matplotlib ----------------------------------------------------
+
+RAW_MAP_SIZE = 320  # px: the long side of the map in the raw-map picture
+_BAR_WIDTH, _GAP, _LABELS = 16, 8, 64  # px: colour bar, gap between map and bar, tick-label column
+RAW_MAP_TICKS = 5
+
+
+@functools.lru_cache(maxsize=64)
+def _colour_bar(colormap: str, height: int) -> np.ndarray:
+    """A vertical colour bar (top = the map's maximum), drawn once per colormap and height."""
+    ramp = np.linspace(1.0, 0.0, height, dtype=np.float32)[:, None].repeat(_BAR_WIDTH, axis=1)
+    bar = colorize(ramp, colormap)
+    bar.setflags(write=False)
+    return bar
+
+
+@functools.lru_cache(maxsize=4)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
+def _tick(value: float) -> str:
+    return f"{value:.3g}" if value != 0 else "0"
+
+
+def raw_map_image(raw: np.ndarray | torch.Tensor, colormap: str = "jet", size: int = RAW_MAP_SIZE) -> Image.Image:
+    """The raw map at its own resolution (nearest-neighbour, so each cell stays a visible square)
+    with a colour bar labelled in the map's own units: the dashboard's fast stand-in for
+    :func:`heatmap_figure` (~1 ms instead of ~60 ms: no matplotlib figure, the bar is cached)."""
+    m = single_map(raw, "A raw map")
+    lo, hi = float(m.min()), float(m.max())
+    scaled = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    h, w = m.shape
+    scale = size / max(h, w)
+    mh, mw = max(1, round(h * scale)), max(1, round(w * scale))
+    cells = Image.fromarray(colorize(scaled, colormap)).resize((mw, mh), Image.Resampling.NEAREST)
+    canvas = Image.new("RGB", (mw + _GAP + _BAR_WIDTH + _LABELS, mh), "white")
+    canvas.paste(cells, (0, 0))
+    canvas.paste(Image.fromarray(_colour_bar(colormap, mh)), (mw + _GAP, 0))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(max(10, round(size / 24)))
+    x = mw + _GAP + _BAR_WIDTH + 4
+    for k in range(RAW_MAP_TICKS):
+        frac = k / (RAW_MAP_TICKS - 1)
+        y = round(frac * (mh - 1))
+        value = hi - frac * (hi - lo) if hi > lo else lo
+        draw.line([(x - 4, y), (x - 1, y)], fill="black")
+        anchor = "lt" if k == 0 else ("lb" if k == RAW_MAP_TICKS - 1 else "lm")
+        draw.text((x + 1, y), _tick(value), fill="black", font=font, anchor=anchor)
+    return canvas

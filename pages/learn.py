@@ -85,8 +85,8 @@ def feature_maps(wk: Walkthrough) -> None:
     lo, hi = float(wk.activation_top.min()), float(wk.activation_top.max())
     cols = st.columns(max(len(wk.channel_indices), TOP_CHANNELS))
     for col, k, a, mean in zip(cols, wk.channel_indices, wk.activation_top, wk.channel_means):
-        col.image(pictures.map_image(a, "viridis", lo=lo, hi=hi, size=TILE), caption=f"channel {k} · mean {_num(mean)}",
-                  width="stretch")
+        pictures.show(col, pictures.map_image(a, "viridis", lo=lo, hi=hi, size=TILE),
+                      caption=f"channel {k} · mean {_num(mean)}")
     st.caption(f"One colour scale for these {len(wk.channel_indices)} maps: dark {_num(lo)}, yellow {_num(hi)}.")
 
 

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import numpy as np
 import streamlit as st
 
+import explain
+
 from ui.pictures import FAST_PNG
 from ui.text import percent
 
@@ -41,21 +43,17 @@ def _shorten(text: str, n: int) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
 def heatmap_png(raw: np.ndarray, colormap: str) -> bytes:
-    """The raw map with its colour bar (a matplotlib figure) as PNG bytes.
+    """The raw map with its colour bar as PNG bytes (``explain.render.raw_map_image``).
 
-    Cached by the map's values and the colormap: drawing the figure (~55 ms) is the most
-    expensive step of a class or colormap change.
+    No matplotlib and no cache: the picture takes ~1 ms to compose (the colour bar is drawn once
+    per colormap), less than hashing it for a cache would save.
     """
-    from explain import render
-
-    fig = render.heatmap_figure(np.asarray(raw, dtype=np.float32), colormap)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=150, pil_kwargs={"compress_level": FAST_PNG})
-    return buf.getvalue()
+    return explain.render.to_png_bytes(explain.render.raw_map_image(raw, colormap), compress_level=FAST_PNG)
 
 
 def show_top5(predictions: Sequence[tuple[int, str, float]]) -> None:
     """Draw the top-5 chart where the caller is (e.g. the sidebar)."""
-    st.image(top5_png(tuple((int(i), str(n), float(p)) for i, n, p in predictions)), width="stretch")
+    # PNG as it is: on "auto" Streamlit would re-encode the chart as JPEG on every rerun.
+    st.image(top5_png(tuple((int(i), str(n), float(p)) for i, n, p in predictions)), width="stretch",
+             output_format="PNG")

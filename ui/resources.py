@@ -86,8 +86,11 @@ def model_infos() -> dict[str, explain.ModelInfo]:
 
 def needs_download(name: str) -> bool:
     """True when loading ``name`` would first have to download its weights."""
-    info = model_infos().get(name)
-    return info is not None and info.source != "embedded" and not info.cached
+    try:
+        spec = explain.get_spec(name)
+    except explain.UnknownModelError:
+        return False  # e.g. this session's uploaded model: nothing to download
+    return not spec.cached()
 
 
 def load_with_progress(name: str, where: st.delta_generator.DeltaGenerator) -> explain.Model:
@@ -160,8 +163,12 @@ def read_sample(filename: str) -> bytes:
 
 
 @st.cache_data(show_spinner=False)
-def sample_gallery() -> list[tuple[str, str, Image.Image]]:
-    """``(title, file name, thumbnail)`` for every bundled sample."""
+def sample_gallery() -> list[tuple[str, str, bytes]]:
+    """``(title, file name, thumbnail PNG bytes)`` for every bundled sample.
+
+    Encoded once: ``st.cache_data`` hands out a copy on every call, and bytes copy and send far
+    faster than PIL images (which ``st.image`` would re-encode on every rerun).
+    """
     out = []
     for title, path in explain.list_samples():
         try:
@@ -169,6 +176,7 @@ def sample_gallery() -> list[tuple[str, str, Image.Image]]:
         except explain.ImageLoadError:
             continue  # a damaged sample must not take the gallery down
         # Square crops, so that the gallery lines up in a grid.
-        out.append((title, path.name, ImageOps.fit(img, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))))
+        thumb = ImageOps.fit(img, (THUMBNAIL_SIZE, THUMBNAIL_SIZE))
+        out.append((title, path.name, explain.render.to_png_bytes(thumb, compress_level=6)))
     return out
 

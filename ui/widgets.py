@@ -204,7 +204,7 @@ def _sample_input(m: explain.Model) -> tuple[bytes | None, str]:
     with st.expander("Sample gallery"):
         for row in range(0, len(gallery), GALLERY_COLUMNS):
             for col, (title, _f, thumb) in zip(st.columns(GALLERY_COLUMNS), gallery[row : row + GALLERY_COLUMNS]):
-                col.image(thumb, caption=text.md_escape(title), width="stretch")
+                col.image(thumb, caption=text.md_escape(title), width="stretch", output_format="PNG")
     return resources.read_sample(chosen), chosen
 
 
