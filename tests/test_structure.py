@@ -286,3 +286,26 @@ def test_a_registered_method_and_model_appear_in_the_dashboard_pickers(plugins) 
     run_ok(at)
     assert widget(at, "selectbox", state.SAMPLE).value == "digit_7.png"  # the family's own default sample
     assert any("Centre (test)" in md.value for md in at.markdown)
+
+
+def images_not_sent_as_png(path: pathlib.Path) -> list[str]:
+    """``.image(...)`` calls without ``output_format="PNG"`` (Streamlit would re-encode them as JPEG)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    bad = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "image":
+            fmt = {k.arg: k.value for k in node.keywords}.get("output_format")
+            if not (isinstance(fmt, ast.Constant) and fmt.value == "PNG"):
+                bad.append(f"{rel(path)}:{node.lineno}")
+    return bad
+
+
+def test_every_page_picture_is_sent_as_png() -> None:
+    bad = [b for p in FRONT for b in images_not_sent_as_png(p)]
+    assert not bad, "pictures that Streamlit would re-encode as JPEG (use ui.pictures.show): " + ", ".join(bad)
+
+
+def test_the_png_check_bites(tmp_path: pathlib.Path) -> None:
+    planted = tmp_path / "p.py"
+    planted.write_text('st.image(x, output_format="PNG")\ncol.image(y, caption="c")\n')
+    assert images_not_sent_as_png(planted) == ["p.py:2"]
