@@ -47,6 +47,9 @@ from .custom import build_custom, custom_architectures, read_labels, read_state_
 from .metrics import FaithfulnessResult, compare_methods, deletion_insertion, plain_reading
 from .sanity import SanityResult, cascading_randomisation
 from .teach import Walkthrough, walkthrough
+from .sources import AuditError, ZipLimits
+from .audit import Audit, Finding, audit
+from . import demo  # noqa: E402  (bundled audit sets: scikit-learn digits, the shortcut demo)
 
 __all__ = [
     "COLORMAPS", "DEFAULT_MODEL", "FITS", "INPUT_LAYER", "METHODS", "NORMALIZATIONS", "TITLES",
@@ -58,4 +61,5 @@ __all__ = [
     "read_labels", "read_state_dict", "FaithfulnessResult", "compare_methods", "deletion_insertion",
     "plain_reading", "SanityResult", "cascading_randomisation", "Walkthrough", "walkthrough",
     "SUPPORTED_EXTENSIONS", "SAMPLES_DIR", "list_samples", "sample_title",
+    "Audit", "AuditError", "Finding", "ZipLimits", "audit", "demo",
 ]
