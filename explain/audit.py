@@ -50,15 +50,18 @@ Target = Literal["predicted", "label"]
 Progress = Callable[[int, int], None]
 CancelCheck = Callable[[], bool]
 
-#: Corner squares are this fraction of the side; the border band is this thick.
-CORNER_FRACTION = 0.25
+#: Corner squares are this fraction of the side (a corner is 1/9 of the picture); the border band
+#: and the edge strips are this thick.
+CORNER_FRACTION = 1 / 3
 BAND_FRACTION = 0.125
-#: A picture's evidence "lies in" a region when at least this share of its map's energy does.
-DOMINANT_SHARE = 0.5
-#: ... and for the whole border band (44% of the picture), this share.
-DOMINANT_BORDER_SHARE = 0.75
-#: A class is flagged when this fraction of its pictures has its evidence in the same region.
-CONSISTENT_FRACTION = 0.6
+#: A class is flagged when, in at least this fraction of its pictures, the map's PEAK lies in the
+#: same border region ...
+CONSISTENT_FRACTION = 0.7
+#: ... and the median share of the evidence there is at least this (a corner holds 11% of a
+#: uniform map, an edge strip 12.5%); "outside the boxes" is judged against :data:`OFF_OBJECT_SHARE`.
+CORNER_SHARE = 0.25
+EDGE_SHARE = 0.5
+OFF_OBJECT_SHARE = 0.6
 #: Classes with fewer pictures than this are never flagged (too few to call it a habit).
 MIN_PICTURES = 5
 
@@ -86,7 +89,7 @@ class Finding:
     name: str
     box: tuple[int, int, int, int] | None
     share: float  # median share of the evidence in the region over the class's pictures
-    consistency: float  # fraction of the class's pictures with most of their evidence there
+    consistency: float  # fraction of the class's pictures whose map peaks in the region
     pictures: int
     message: str
 
@@ -165,35 +168,46 @@ class Audit:
 
 
 def find_shortcuts(ok: pd.DataFrame, categories: Sequence[str], view_size: int) -> list[Finding]:
-    """The shortcut finder on the ok rows of an audit table (see :data:`DOMINANT_SHARE` & co)."""
+    """The shortcut finder on the ok rows of an audit table.
+
+    Per explained class: for each border region (four corners, four edge strips), the fraction of
+    pictures whose map peaks there (*consistency*) and the median share of the evidence there. A
+    region is flagged when the evidence keeps landing there, picture after picture
+    (:data:`CONSISTENT_FRACTION`), and holds far more than its area's share (:data:`CORNER_SHARE`,
+    :data:`EDGE_SHARE`); with boxes, likewise for the evidence outside the object. One finding per
+    class: the most consistent region.
+    """
     findings: list[Finding] = []
     boxes = region_boxes(view_size)
+    area = {r: ((b[2] - b[0] + 1) * (b[3] - b[1] + 1)) / view_size**2 for r, b in boxes.items()}
+    word = _object_word(categories)
     for cls, rows in ok.groupby("explained", sort=True):
+        rows = rows.dropna(subset=["peak_x", "peak_y"])
         n = len(rows)
         if n < MIN_PICTURES:
             continue
         name = categories[int(cls)] if 0 <= int(cls) < len(categories) else str(cls)
+        px, py = rows["peak_x"].astype(int).to_numpy(), rows["peak_y"].astype(int).to_numpy()
         best: Finding | None = None
-        candidates = [(r, _SHARE_COLUMNS[r], DOMINANT_SHARE, boxes[r]) for r in REGIONS]
-        candidates.append(("border band", "border_share", DOMINANT_BORDER_SHARE, None))
-        for region, column, threshold, box in candidates:
-            shares = rows[column].astype(float).dropna()
-            if len(shares) < MIN_PICTURES:
-                continue
-            consistency = float((shares >= threshold).mean())
-            if consistency >= CONSISTENT_FRACTION and (best is None or consistency > best.consistency + 1e-9):
-                share = float(shares.median())
-                msg = (f"For '{name}', {share:.0%} of the evidence lies in the {region} in {consistency:.0%} of the "
-                       f"pictures: the model may be using a marker there rather than the {_object_word(categories)}.")
-                best = Finding(int(cls), name, region, box, share, consistency, n, msg)
-        boxed = rows.dropna(subset=["box_share"]) if "box_share" in rows else rows.iloc[:0]
+        for region in REGIONS:
+            x0, y0, x1, y1 = boxes[region]
+            consistency = float(((px >= x0) & (px <= x1) & (py >= y0) & (py <= y1)).mean())
+            share = float(rows[_SHARE_COLUMNS[region]].astype(float).median())
+            need = CORNER_SHARE if region.endswith("corner") else EDGE_SHARE
+            if consistency >= CONSISTENT_FRACTION and share >= need and (best is None or consistency > best.consistency):
+                msg = (f"For '{name}', {share:.0%} of the evidence lies in the {region} (which is {area[region]:.0%} of the "
+                       f"picture), and the map peaks there in {consistency:.0%} of the pictures: the model may be using "
+                       f"a marker there rather than the {word}.")
+                best = Finding(int(cls), name, region, boxes[region], share, consistency, n, msg)
+        boxed = rows[rows["box_share"].notna()] if "box_share" in rows else rows.iloc[:0]
         if len(boxed) >= MIN_PICTURES:
             outside = 1.0 - boxed["box_share"].astype(float)
-            consistency = float((outside >= DOMINANT_SHARE).mean())
-            if consistency >= CONSISTENT_FRACTION and (best is None or consistency > best.consistency + 1e-9):
-                share = float(outside.median())
-                msg = (f"For '{name}', {share:.0%} of the evidence lies outside the object's box in {consistency:.0%} "
-                       "of the pictures: the model may be using the background or context rather than the object.")
+            consistency = float((~boxed["box_hit"].fillna(False).astype(bool)).mean())
+            share = float(outside.median())
+            if consistency >= CONSISTENT_FRACTION and share >= OFF_OBJECT_SHARE and (best is None or consistency > best.consistency):
+                msg = (f"For '{name}', {share:.0%} of the evidence lies outside the object's box, and the map peaks "
+                       f"outside it in {consistency:.0%} of the pictures: the model may be using the background or "
+                       "context rather than the object.")
                 best = Finding(int(cls), name, "outside the boxes", None, share, consistency, len(boxed), msg)
         if best is not None:
             findings.append(best)

@@ -24,7 +24,7 @@ from .model import Model
 from .preprocess import Preprocess
 
 DEFAULT_MODEL = "efficientnet_lite0"
-EMBEDDED = ("efficientnet_lite0", "digits_lenet")
+EMBEDDED = ("efficientnet_lite0", "digits_lenet", "digits_shortcut")
 
 DownloadProgress = Callable[[int, int], None]  # (bytes so far, total bytes or 0 if unknown)
 
@@ -79,6 +79,8 @@ def list_models() -> list[ModelInfo]:
     infos = [
         ModelInfo("efficientnet_lite0", "embedded", True, "", 18.0, "EfficientNet-Lite0, ImageNet (embedded default)"),
         ModelInfo("digits_lenet", "embedded", True, "", 0.1, "LeNet on handwritten digits (embedded)"),
+        ModelInfo("digits_shortcut", "embedded", True, "", 0.1,
+                  "LeNet with a planted shortcut: a corner marker decides '3' and '8' (teaching demo)"),
     ]
     for name in torchvision_names():
         w = get_model_weights(name).DEFAULT
@@ -111,6 +113,10 @@ def load_model(
         return Model(key, module, imagenet_categories(), pre, device=device, source="embedded")
     if key == "digits_lenet":
         return _load_digits(weights, device)
+    if key == "digits_shortcut":  # the audit's teaching demo (scripts/train_digits_shortcut.py)
+        from .zoo import lenet
+
+        return _load_digits(weights, device, key, lenet.WEIGHTS_PATH.with_name("digits_shortcut.safetensors"))
     if key not in torchvision_names():
         close = [n for n in model_names() if key.lower()[:4] in n][:5]
         hint = f" Did you mean {', '.join(close)}?" if close else ""
@@ -132,10 +138,10 @@ def imagenet_categories() -> list[str]:
     return list(get_model_weights("resnet50").DEFAULT.meta["categories"])
 
 
-def _load_digits(weights: str | None, device) -> Model:
+def _load_digits(weights: str | None, device, name: str = "digits_lenet", path=None) -> Model:
     from .zoo import lenet
 
-    module, categories, cfg = lenet.load_digits_lenet()
+    module, categories, cfg = lenet.load_digits_lenet(path or lenet.WEIGHTS_PATH)
     if weights is None:
         module = lenet.LeNet(num_classes=len(categories), in_channels=int(cfg.get("in_channels", 1)))
     pre = Preprocess(
@@ -147,7 +153,7 @@ def _load_digits(weights: str | None, device) -> Model:
         in_channels=int(cfg.get("in_channels", 1)),
         invert=bool(cfg.get("invert", False)),
     )
-    return Model("digits_lenet", module, categories, pre, device=device, source="embedded")
+    return Model(name, module, categories, pre, device=device, source="embedded")
 
 
 def _unavailable(name: str, w, reason: str) -> WeightsUnavailableError:

@@ -20,7 +20,7 @@ from ui import resources, share, state, views
 
 DEFAULT_SAMPLE = "cat.jpg"
 DIGIT_SAMPLE = "digit_3.png"
-DIGIT_MODELS = frozenset({"digits_lenet"})
+DIGIT_MODELS = frozenset({"digits_lenet", "digits_shortcut"})
 TOP_K = 5
 SMOOTH_MAX = 20  # px; the model view is 224 px wide
 GALLERY_COLUMNS = 3
