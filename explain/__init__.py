@@ -48,7 +48,7 @@ from .metrics import FaithfulnessResult, compare_methods, deletion_insertion, pl
 from .sanity import SanityResult, cascading_randomisation
 from .teach import Walkthrough, walkthrough
 from .sources import AuditError, ZipLimits
-from .audit import Audit, Finding, audit
+from .audit import Audit, Finding, audit, load as load_audit
 from . import demo  # noqa: E402  (bundled audit sets: scikit-learn digits, the shortcut demo)
 
 __all__ = [
@@ -61,5 +61,5 @@ __all__ = [
     "read_labels", "read_state_dict", "FaithfulnessResult", "compare_methods", "deletion_insertion",
     "plain_reading", "SanityResult", "cascading_randomisation", "Walkthrough", "walkthrough",
     "SUPPORTED_EXTENSIONS", "SAMPLES_DIR", "list_samples", "sample_title",
-    "Audit", "AuditError", "Finding", "ZipLimits", "audit", "demo",
+    "Audit", "AuditError", "Finding", "ZipLimits", "audit", "load_audit", "demo",
 ]

@@ -596,6 +596,10 @@ class _Store:
         os.replace(self.dir / (TABLE_FILE + ".tmp"), self.dir / TABLE_FILE)
         for p in (self.dir / PARTS_DIR).glob("part-*"):
             p.unlink(missing_ok=True)
+        try:
+            (self.dir / PARTS_DIR).rmdir()
+        except OSError:
+            pass  # something else was put there: leave it
         return table, np.load(self.dir / MAPS_FILE, mmap_mode="r")
 
     def write_json(self, name: str, data: object) -> None:

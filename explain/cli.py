@@ -1,6 +1,7 @@
 """Command line: explain one or more pictures and write maps, overlays and a JSON summary.
 
     python -m explain cat.jpg coffee.jpg --method gradcam++ --targets top3 --out out/
+    python -m explain audit pictures/ --model digits_lenet --out audit_out/   (see explain.audit_cli)
 
 Exit codes: 0 every image done; 1 some image could not be read (the others are still done);
 2 a usage error (unknown model, layer, method, class, colormap, bad option value) found before
@@ -143,6 +144,12 @@ def method_slug(name: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 some image failed, 2 usage error)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["audit"] and not pathlib.Path("audit").is_file():
+        from .audit_cli import main as audit_main  # ``python -m explain audit SOURCE ...``
+
+        return audit_main(args_list[1:])
+    argv = args_list
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
