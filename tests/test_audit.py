@@ -296,6 +296,7 @@ def test_bad_folders_and_labels(lenet, digits_test, tmp_path):
 def test_boxes(shortcut, marked, tmp_path):
     threes = [it for it in marked if it[2] == 3][:8]
     x0, y0, x1, y1 = demo.marker_box()
+    x0 -= 8  # wider than high: a transposed box would be caught
     csv = tmp_path / "boxes.csv"
     lines = ["file,x0,y0,x1,y1"] + [f"{n},{x0},{y0},{x1 + 1},{y1 + 1}" for n, _i, _y in threes]
     lines.append(f"{threes[0][0]},10,10,500,500")  # outside the 32×32 picture
