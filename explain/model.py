@@ -471,8 +471,18 @@ class Model:
             device=self.device, source=self.source, capture_cache=2,
         )
 
+    def __reduce__(self) -> tuple:
+        """Pickled as a fresh private copy (module without taps, on the CPU), e.g. for Ray workers;
+        the copy is rebuilt (taps installed, layers discovered) where it is unpickled."""
+        module = plain_copy(self.module).to("cpu")
+        return (_rebuild_model, (self.name, module, list(self.categories), self.preprocess, self.source))
+
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.num_classes} classes, default layer {self.default_layer!r}, {self.device})"
+
+
+def _rebuild_model(name: str, module: nn.Module, categories: list[str], preprocess: Preprocess, source: str) -> Model:
+    return Model(name, module, categories, preprocess, source=source)
 
 
 def _digest(t: torch.Tensor) -> str:

@@ -9,6 +9,7 @@ label its folder gives, and, for an entry refused for safety, why.
 
 from __future__ import annotations
 
+import io
 import os
 import pathlib
 import stat
@@ -48,7 +49,8 @@ class ZipLimits:
 class Item:
     """One picture of an audit: its name in the table, how to read it, its folder label.
 
-    ``ref`` is ``("file", path)``, ``("zip", archive, entry)``, ``("bytes", data)`` or
+    ``ref`` is ``("file", path)``, ``("zip", archive, entry)``, ``("zipmem", archive bytes, entry)``,
+    ``("bytes", data)`` or
     ``("image", PIL image)``; ``error`` is set when the entry was refused before reading.
     """
 
@@ -91,7 +93,7 @@ def collect(source: object, limits: ZipLimits | None = None) -> list[Item]:
         else:
             raise AuditError(f"{path} does not exist; give a folder of pictures, a .zip or a list of files.")
     elif isinstance(source, Sequence) and not isinstance(source, (bytes, bytearray)):
-        items = _listed(source)
+        items = _listed(source, limits)
         where = "the list"
     else:
         raise AuditError(
@@ -102,7 +104,7 @@ def collect(source: object, limits: ZipLimits | None = None) -> list[Item]:
     return items
 
 
-def _listed(entries: Sequence) -> list[Item]:
+def _listed(entries: Sequence, limits: ZipLimits) -> list[Item]:
     items: list[Item] = []
     for entry in entries:
         if isinstance(entry, Item):
@@ -118,6 +120,9 @@ def _listed(entries: Sequence) -> list[Item]:
             label = entry[2] if len(entry) == 3 else None
             if isinstance(data, Image.Image):
                 items.append(Item(str(name), ("image", data), label))
+            elif isinstance(data, (bytes, bytearray, memoryview)) and str(name).lower().endswith(".zip") \
+                    and bytes(data[:4]) == b"PK\x03\x04":
+                items.extend(_zip(bytes(data), limits, label=str(name)))  # an uploaded archive, read in memory
             elif isinstance(data, (bytes, bytearray, memoryview)):
                 items.append(Item(str(name), ("bytes", bytes(data)), label))
             else:
@@ -153,35 +158,39 @@ def _folder(root: pathlib.Path) -> list[Item]:
     return items
 
 
-def _zip(path: pathlib.Path, limits: ZipLimits) -> list[Item]:
+def _zip(path: pathlib.Path | bytes, limits: ZipLimits, label: str = "") -> list[Item]:
+    """The entries of an archive on disk (``path``) or in memory (``bytes``, shown as ``label``)."""
+    in_memory = isinstance(path, bytes)
+    shown = label or ("the archive" if in_memory else path.name)  # type: ignore[union-attr]
     try:
-        with zipfile.ZipFile(path) as zf:
+        with zipfile.ZipFile(io.BytesIO(path) if in_memory else path) as zf:  # type: ignore[arg-type]
             infos = zf.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise AuditError(f"{path.name} is not a readable zip archive ({exc}); re-create it and try again.") from None
+        raise AuditError(f"{shown} is not a readable zip archive ({exc}); re-create it and try again.") from None
     files = [i for i in infos if not i.is_dir()]
     if len(files) > limits.max_entries:
         raise AuditError(
-            f"{path.name} holds {len(files):,} entries, more than the limit of {limits.max_entries:,}; split it up."
+            f"{shown} holds {len(files):,} entries, more than the limit of {limits.max_entries:,}; split it up."
         )
     total = sum(i.file_size for i in files)
     if total > limits.max_total_bytes:
         raise AuditError(
-            f"{path.name} declares {_human(total)} uncompressed, beyond the limit of "
+            f"{shown} declares {_human(total)} uncompressed, beyond the limit of "
             f"{_human(limits.max_total_bytes)}: refused as a possible zip bomb. Split it or audit a folder."
         )
     names = [i.filename.replace("\\", "/") for i in files]
+    reasons = [_unsafe_entry(info, name, limits) for info, name in zip(files, names)]
     # One folder around everything (``set.zip`` → ``set/3/a.png``) is not a label.
     parts = [n.split("/") for n in names]
+    safe = [p for p, r in zip(parts, reasons) if not r]
     strip = 0
-    if parts and all(len(p) >= 3 for p in parts) and len({p[0] for p in parts}) == 1:
+    if safe and all(len(p) >= 3 for p in safe) and len({p[0] for p in safe}) == 1:
         strip = 1
     items: list[Item] = []
-    for info, name, p in zip(files, names, parts):
+    for info, name, p, reason in zip(files, names, parts, reasons):
         rel = "/".join(p[strip:])
         label = p[strip] if len(p) - strip > 1 else None
-        ref = ("zip", str(path), info.filename)
-        reason = _unsafe_entry(info, name, limits)
+        ref = ("zipmem", path, info.filename) if in_memory else ("zip", str(path), info.filename)
         if reason:
             items.append(Item(name, ref, None, reason))
         elif p[-1].startswith(".") or name.startswith("__MACOSX/"):
@@ -224,11 +233,12 @@ class Reader:
             return item.ref[1]
         if kind == "image":
             return item.ref[1]
-        if kind == "zip":
+        if kind in ("zip", "zipmem"):
             archive, entry = item.ref[1], item.ref[2]
-            zf = self._zips.get(archive)
+            key = archive if kind == "zip" else f"mem:{id(archive)}"
+            zf = self._zips.get(key)
             if zf is None:
-                zf = self._zips[archive] = zipfile.ZipFile(archive)
+                zf = self._zips[key] = zipfile.ZipFile(archive if kind == "zip" else io.BytesIO(archive))
             with zf.open(entry) as f:
                 # Never trust the declared size alone: stop inflating past the limit.
                 data = f.read(self.limits.max_entry_bytes + 1)
