@@ -772,8 +772,9 @@ def _class_of(model: Model, label: str | int) -> int:
 
 def _run_local(model, entries, method, layer, target, fit, settings_key, done, batch_size, limits, progress, cancel, store):
     worker = Worker(model, method, layer, target, fit, settings_key, done, limits)
-    tables: list[pd.DataFrame] = []
-    map_sources: list[np.ndarray] = []
+    rows_kept: list[dict] = []  # without an output folder: one table at the end, not one per batch
+    maps_kept: list[np.ndarray] = []
+    offset = 0
     new = 0
     cancelled = False
     total = len(entries)
@@ -787,12 +788,19 @@ def _run_local(model, entries, method, layer, target, fit, settings_key, done, b
             if store is not None:
                 store.append(rows, maps)
             elif rows:
-                tables.append(frame(rows))
-                map_sources.append(maps)
+                for r in rows:
+                    if r["map_index"] >= 0:
+                        r["map_index"] += offset
+                rows_kept.extend(rows)
+                if maps.size:
+                    maps_kept.append(maps)
+                    offset += len(maps)
             if progress is not None:
                 progress(min(total, start + batch_size), total)
     finally:
         worker.reader.close()
+    tables = [frame(rows_kept)] if rows_kept else []
+    map_sources = [np.concatenate(maps_kept)] if maps_kept else [np.zeros((0, 1, 1), np.float32)]
     return tables, map_sources, new, worker.skipped, cancelled
 
 
