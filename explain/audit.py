@@ -708,6 +708,9 @@ def audit(
     layer_name = layer_for(m, layer, model)
     box_table = read_boxes(boxes) if boxes is not None else {}
     items = collect(source, limits)
+    if out is not None:  # an output folder inside the source folder is not part of the set
+        inside = pathlib.Path(out).resolve()
+        items = [i for i in items if not (i.ref[0] == "file" and inside in pathlib.Path(i.ref[1]).resolve().parents)]
     entries = _entries(model, items, box_table)
     settings = Settings(model.name, weights_digest(model), layer_name, m.name, target, fit)
     store = _Store(out, settings) if out is not None else None

@@ -95,6 +95,9 @@ with views.guard("auditing the pictures"):
     if not isinstance(result, audit_view.Result):
         st.info("Choose the pictures and click **Run the audit**.")
         st.stop()
+    if result.context[1] != m.name:  # its maps and pictures belong to another model's view
+        st.info(views.md_escape(f"The last audit was made with {result.context[1]}; run the audit to see {m.name}'s."))
+        st.stop()
     a = result.audit
     s = a.summary
     if result.context != context:

@@ -407,3 +407,11 @@ def test_cli_dispatch_keeps_the_explain_command(tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "explain", "audit", "--help"], cwd=REPO, capture_output=True, text=True,
                           env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert proc.returncode == 0 and "--target" in proc.stdout
+
+
+def test_an_output_folder_inside_the_source_is_not_audited(lenet, tmp_path):
+    folder = demo.write_folder(demo.digits_set("test")[:12], tmp_path / "set")
+    first = explain.audit(lenet, folder, out=folder / "out")
+    again = explain.audit(lenet, folder, out=folder / "out")
+    assert first.summary["pictures"] == again.summary["pictures"] == 12
+    assert again.summary["skipped_already_done"] == 12 and again.summary["failed"] == 0
