@@ -20,6 +20,7 @@ PAGES = [
     st.Page("pages/faithfulness.py", title="Faithfulness", icon=":material/fact_check:"),
     st.Page("pages/learn.py", title="Learn", icon=":material/school:"),
     st.Page("pages/own_model.py", title="Your model", icon=":material/upload_file:"),
+    st.Page("pages/audit.py", title="Audit", icon=":material/dataset:"),
 ]
 
 current = st.navigation(PAGES, position="top")

@@ -53,6 +53,9 @@ from .metrics import FaithfulnessResult, MethodComparison, compare_methods, dele
 from .sanity import SanityResult, cascading_randomisation
 from .teach import TEACH_CAM, TEACH_GRADCAM
 from .teach import Walkthrough, walkthrough
+from .sources import AuditError, ZipLimits
+from .audit import Audit, Finding, audit, load as load_audit
+from . import demo  # bundled audit sets: scikit-learn digits, the shortcut demo
 
 __all__ = [
     "COLORMAPS", "DEFAULT_MODEL", "FITS", "INPUT_LAYER", "METHODS", "NORMALIZATIONS", "TITLES",
@@ -68,6 +71,7 @@ __all__ = [
     "top_predictions", "MethodComparison", "CancelCheck", "Progress", "sample_kind", "COLOUR_SAMPLE",
     "GREY_SAMPLE", "Architecture", "Built", "ModelSpec", "register_architecture", "register_model", "get_spec",
     "register_method", "unregister_method", "TEACH_CAM", "TEACH_GRADCAM",
+    "Audit", "AuditError", "Finding", "ZipLimits", "audit", "load_audit", "demo",
 ]
 
 

@@ -1,6 +1,7 @@
 """Command line: explain one or more pictures and write maps, overlays and a JSON summary.
 
     python -m explain cat.jpg coffee.jpg --method gradcam++ --targets top3 --out out/
+    python -m explain audit pictures/ --model digits_lenet --out audit_out/   (see explain.audit_cli)
 
 Exit codes: 0 every image done; 1 some image could not be read (the others are still done);
 2 a usage error (unknown model, layer, method, class, colormap, bad option value) found before
@@ -22,6 +23,7 @@ import matplotlib
 import numpy as np
 
 from . import COLORMAPS, DEFAULT_MODEL, FITS, NORMALIZATIONS
+from .cli_common import EXIT_IMAGE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, _error, _Parser
 from .errors import ExplainError, UnknownClassError
 from .explanation import explain
 from .io import load_image
@@ -29,7 +31,6 @@ from .methods import DEFAULT_METHOD, Method, all_methods, get_method
 from .model import Model
 from .registry import load_model
 
-EXIT_OK, EXIT_IMAGE_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_TOP = 20  # more overlays than this per image is almost surely a typo
 DEFAULT_PREDICTIONS = 5
 
@@ -52,18 +53,6 @@ examples:
       Grad-CAM of the top-1 class with the default model (efficientnet_lite0)
   python -m explain a.jpg b.png --method gradcam++ --targets 281,285 --normalize shared --out out/
       Grad-CAM++ for 'tabby' (281) and 'Egyptian cat' (285), on one shared colour scale"""
-
-
-class UsageError(Exception):
-    """A bad option, reported as one line with exit code 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (``error: ...``) like every other CLI error."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"error: {message} (see --help)\n")
-        raise SystemExit(EXIT_USAGE)
 
 
 @dataclass(frozen=True)
@@ -144,6 +133,12 @@ def method_slug(name: str) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 some image failed, 2 usage error)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["audit"] and not pathlib.Path("audit").is_file():
+        from .audit_cli import main as audit_main  # ``python -m explain audit SOURCE ...``
+
+        return audit_main(args_list[1:])
+    argv = args_list
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -268,15 +263,6 @@ def _reason(exc: BaseException) -> str:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror}{where}"
     return str(exc)
-
-
-def _error(message: str) -> None:
-    text = " ".join(message.split())  # always one line
-    # Engine messages are sentences ("Unknown method ..."); after "error:" they read lower-case,
-    # but acronyms ("CAM does not apply") keep their capitals.
-    if len(text) > 1 and text[0].isupper() and text[1].islower():
-        text = text[0].lower() + text[1:]
-    sys.stderr.write(f"error: {text}\n")
 
 
 def _arrow(stream: TextIO) -> str:

@@ -172,6 +172,48 @@ class Capture:
         return int(self.activation.numel() * self.activation.element_size() * 4 + self.input.numel() * 4)
 
 
+class BatchCapture:
+    """One forward pass of a batch of independent pictures, held only while the batch is worked on.
+
+    ``activation`` is ``[B, C, h, w]``; :meth:`gradients` takes one class per picture and returns
+    ``[B, C, h, w]`` from ONE backward pass (in eval mode the pictures do not interact, so the
+    gradient of the sum of each picture's own logit is each picture's own gradient).
+    :meth:`picture` hands one picture to the methods of :mod:`explain.methods` exactly as
+    :meth:`Model.capture` would have, so their maps equal ``explain()``'s.
+    """
+
+    def __init__(self, layer: LayerInfo | None, inputs: torch.Tensor, logits: torch.Tensor, leaf: torch.Tensor) -> None:
+        self.layer = layer
+        self.input = inputs.detach()
+        self.logits = logits  # [B, N], carries the graph back to ``leaf``
+        self.probs = torch.softmax(logits.detach().float(), dim=1)
+        self._leaf = leaf
+        self.activation = to_grid(leaf.detach(), layer) if layer is not None else leaf.detach()
+
+    def gradients(self, classes: Sequence[int]) -> torch.Tensor:
+        """d logit[b, classes[b]] / d activation[b] for every picture b, ``[B, C, h, w]``."""
+        b, n = self.logits.shape
+        onehot = torch.zeros(b, n, device=self.logits.device, dtype=self.logits.dtype)
+        onehot[torch.arange(b), torch.as_tensor(list(classes), dtype=torch.long)] = 1.0
+        (g,) = torch.autograd.grad(self.logits, self._leaf, grad_outputs=onehot)
+        return to_grid(g, self.layer) if self.layer is not None else g
+
+    def picture(self, index: int, cls: int, grads: torch.Tensor | None) -> Capture:
+        """Picture ``index`` as a :class:`Capture` whose gradients for ``cls`` are ``grads[index]``."""
+        cap = Capture.__new__(Capture)
+        cap.layer = self.layer
+        cap.input = self.input[index : index + 1]
+        cap.logits = self.logits.detach()[index : index + 1]
+        cap.probs = self.probs[index]
+        cap._leaf = None
+        cap.activation = self.activation[index]
+        cap._grads = {} if grads is None else {int(cls): grads[index].detach()}
+        cap.extras = {}
+        cap._lock = threading.Lock()
+        cap.cost = 0
+        return cap
+
+
 @dataclass
 class ModelStats:
     """Counters a test or a benchmark can read (never reset by the engine)."""
@@ -383,6 +425,36 @@ class Model:
         self.stats.add(forward_passes=1, captures=1)
         return Capture(None, x, logits, x)
 
+    def capture_batch(self, inputs: torch.Tensor, layer: str | None) -> "BatchCapture":
+        """One *uncached* forward pass of a batch ``[B, C, H, W]``, captured at ``layer``.
+
+        For audits of many pictures: nothing is kept by the model (each batch is seen once), the
+        same inert tap as :meth:`capture` starts the graph at the target layer, and
+        :meth:`BatchCapture.gradients` gives every picture's gradient of its own class from one
+        backward pass through the head. ``INPUT_LAYER`` captures input gradients (saliency).
+        """
+        inputs = inputs.to(self.device)
+        if layer == INPUT_LAYER:
+            x = inputs.detach().clone().requires_grad_(True)
+            with torch.enable_grad():
+                logits = self.module(x)
+            self.stats.add(forward_passes=1)
+            return BatchCapture(None, x, logits, x)
+        info = self.layer_info(layer)
+        request = _TapRequest(self._modules[info.name])
+        token = _ACTIVE_TAP.set(request)
+        grad_mode = torch.is_grad_enabled()
+        try:
+            torch.set_grad_enabled(False)
+            logits = self.module(inputs)
+        finally:
+            torch.set_grad_enabled(grad_mode)
+            _ACTIVE_TAP.reset(token)
+        self.stats.add(forward_passes=1)
+        if request.leaf is None:
+            raise ExplainError(f"Layer '{info.name}' did not run in the forward pass of '{self.name}'.")
+        return BatchCapture(info, inputs, logits, request.leaf)
+
     def clear_cache(self) -> None:
         """Drop every kept capture (frees their memory)."""
         with self._cache_lock:
@@ -451,11 +523,24 @@ class Model:
                 self.__dict__["_cpu_twin"] = twin
             return twin
 
+    def __reduce__(self) -> tuple:
+        """Pickled as a fresh private copy (module without taps, on the CPU), e.g. for Ray workers;
+        the copy is rebuilt (taps installed, layers discovered) where it is unpickled."""
+        module = plain_copy(self.module).to("cpu")
+        return (_rebuild_model, (self.name, module, list(self.categories), self.preprocess, self.source,
+                                 self.default_sample, self._default_layer))
+
     def __repr__(self) -> str:
         return f"Model({self.name!r}, {self.num_classes} classes, default layer {self.default_layer!r}, {self.device})"
 
 
 _TWIN_LOCK = threading.Lock()
+
+
+def _rebuild_model(name: str, module: nn.Module, categories: list[str], preprocess: Preprocess, source: str,
+                   default_sample: str | None = None, default_layer: str | None = None) -> Model:
+    return Model(name, module, categories, preprocess, source=source, default_sample=default_sample,
+                 default_layer=default_layer)
 
 
 def _digest(t: torch.Tensor) -> str:

@@ -63,6 +63,18 @@ OWN_BUILD = "cx.own.build"  # True from the "Load my model" click until the page
 UPLOADED = "cx.own.model"  # ui.resources.UploadedModel of this session (that user's own model)
 MODEL_REQUEST = "cx.model_request"  # model name to select on the next run, before the picker is drawn
 SHARE_READ = "cx.share.read"  # True once this session's link (query parameters) was read
+# ---- the Audit page ------------------------------------------------------------------------------
+AUDIT_SET = "cx.audit.set"  # radio: which pictures (a key of ui.audit_view.SETS, or "upload")
+AUDIT_UPLOAD = "cx.audit.upload"  # file_uploader (many files, or zips)
+AUDIT_TARGET = "cx.audit.target"  # radio: "predicted" or "label"
+AUDIT_FILTER = "cx.audit.filter"  # radio: gallery filter (ui.audit_view.FILTERS)
+AUDIT_RUN = "cx.audit.run"  # True from the Run click until the page starts the audit
+AUDIT_CANCEL = "cx.audit.cancel"  # True from the Cancel click (the run in flight stops at its next batch)
+AUDIT_RESULT = "cx.audit.result"  # ui.audit_view.Result of this session's last audit
+AUDIT_DIR = "cx.audit.dir"  # this session's own scratch folder for resumable audit output
+AUDIT_GOTO = "cx.audit.goto"  # True from an "Open in Explain" click until the page switches
+PINNED_IMAGE = "cx.pinned_image"  # (label, bytes): a picture sent to Explain (e.g. from the audit)
+
 #: Written by the Faithfulness page, read by the report: a :class:`FaithfulnessShown`.
 FAITH_RESULTS = "cx.faith.results"
 FAITH_METHODS = "cx.faith.methods"  # multiselect of method names (Faithfulness page)

@@ -144,10 +144,15 @@ def image_picker(m: explain.Model) -> tuple[str, str, Image.Image | None, str]:
     ss = st.session_state
     ss.setdefault(state.IMAGE_SOURCE, state.IMAGE_SOURCES[0])
     source = st.segmented_control("Image", state.IMAGE_SOURCES, key=state.IMAGE_SOURCE, required=True,
-                                  width="stretch")
+                                  width="stretch", on_change=lambda: ss.pop(state.PINNED_IMAGE, None))
     data: bytes | None = None
     name = ""
-    if source == "Sample":
+    pinned = ss.get(state.PINNED_IMAGE)  # a picture opened from another page (the audit's gallery)
+    if pinned is not None:
+        name, data = pinned
+        st.caption(f"Showing {text.md_escape(name)} from the audit; pick a source above to leave it.")
+        source = "Pinned"
+    elif source == "Sample":
         data, name = _sample_input(m)
     elif source == "Upload":
         up = _uploader()

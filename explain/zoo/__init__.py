@@ -23,5 +23,6 @@ def declare() -> None:
 
         register_model(efficientnet_lite0.spec())  # the default model: declared first
         register_model(lenet.digits_spec())
+        register_model(lenet.shortcut_spec())
         register_architecture(lenet.architecture())
         _DONE = True

@@ -231,18 +231,34 @@ def _preprocess_from(cfg: dict) -> Preprocess:
     )
 
 
-def _load_digits(weights: str | None, _progress: object = None) -> Built:
-    module, categories, cfg = load_digits_lenet()
-    if weights is None:
-        module = LeNet(num_classes=len(categories), in_channels=int(cfg.get("in_channels", 1)))
-    return Built(module, categories, _preprocess_from(cfg))
+SHORTCUT_WEIGHTS_PATH = WEIGHTS_PATH.with_name("digits_shortcut.safetensors")
+
+
+def _digits_loader(path: Path):
+    def load(weights: str | None, _progress: object = None) -> Built:
+        module, categories, cfg = load_digits_lenet(path)
+        if weights is None:
+            module = LeNet(num_classes=len(categories), in_channels=int(cfg.get("in_channels", 1)))
+        return Built(module, categories, _preprocess_from(cfg))
+
+    return load
 
 
 def digits_spec() -> ModelSpec:
     """The declaration of ``digits_lenet`` (embedded)."""
     return ModelSpec(
-        name="digits_lenet", source="embedded", size_mb=0.1, load=_load_digits, default_sample=GREY_SAMPLE,
-        description="LeNet on handwritten digits (embedded)",
+        name="digits_lenet", source="embedded", size_mb=0.1, load=_digits_loader(WEIGHTS_PATH),
+        default_sample=GREY_SAMPLE, description="LeNet on handwritten digits (embedded)",
+    )
+
+
+def shortcut_spec() -> ModelSpec:
+    """The declaration of ``digits_shortcut``: the audit's teaching demo of a model that is right for
+    the wrong reason (``scripts/train_digits_shortcut.py``)."""
+    return ModelSpec(
+        name="digits_shortcut", source="embedded", size_mb=0.1, load=_digits_loader(SHORTCUT_WEIGHTS_PATH),
+        default_sample=GREY_SAMPLE,
+        description="LeNet with a planted shortcut: a corner marker decides '3' and '8' (teaching demo)",
     )
 
 
