@@ -19,7 +19,7 @@
 #                        running this script (N may then be 0)
 #   COOKIE=CAM_REPLICA   the affinity cookie's name (use another one on a front balancer: BACKENDS)
 #   THREADS              torch threads per replica (default: CPU cores / N, at least 1)
-#   LOG_DIR              replica logs and the rendered HAProxy config (default: a new temp folder)
+#   LOG_DIR              replica and HAProxy logs, the rendered HAProxy config (default: a new temp folder)
 #   HAPROXY_CFG          the HAProxy configuration to render (default deploy/haproxy.cfg)
 #   PYTHON=python3  HAPROXY=haproxy  STARTUP_TIMEOUT=180 (seconds)
 #
@@ -156,10 +156,10 @@ CFG="$LOG_DIR/haproxy.cfg"
 { cat "$HAPROXY_CFG"; printf '%s' "$SERVERS"; } >"$CFG"
 export CAM_BIND_HOST=$HOST CAM_PORT=$PORT CAM_COOKIE=$COOKIE
 "$HAPROXY" -c -q -f "$CFG" || { echo "serve.sh: HAProxy rejects $CFG" >&2; exit 1; }
-"$HAPROXY" -db -f "$CFG" </dev/null &
+"$HAPROXY" -db -f "$CFG" >"$LOG_DIR/haproxy.log" 2>&1 </dev/null &
 HAPROXY_PID=$!
 PIDS+=("$HAPROXY_PID")
-echo "serve.sh: haproxy pid $HAPROXY_PID on $HOST:$PORT, config $CFG"
+echo "serve.sh: haproxy pid $HAPROXY_PID on $HOST:$PORT, config $CFG, log $LOG_DIR/haproxy.log"
 URL="http://$(local_url "$HOST"):$PORT"
 wait_healthy "$URL/_stcore/health" "$HAPROXY_PID" "haproxy"
 echo "serve.sh: ready: $URL ($N replicas${BACKENDS:+, backends $BACKENDS}, $THREADS torch threads each)"
