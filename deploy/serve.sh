@@ -6,8 +6,9 @@
 # Starts N `streamlit run app.py` replicas (headless, on REPLICA_HOST, ports PORT+1..PORT+N), waits
 # until each answers /_stcore/health, then HAProxy on HOST:PORT in front of them (deploy/haproxy.cfg),
 # and waits until the balancer answers too. Ctrl-C or SIGTERM stops all of them; so does HAProxy
-# exiting. A replica that dies is reported; HAProxy's health check takes it out and its users
-# reconnect to another replica (with a fresh session there).
+# exiting, or the last replica. A replica that dies is reported; HAProxy's health check takes it out
+# and its users reconnect to another replica (with a fresh session there). (Started with `&` from a
+# script, a shell ignores SIGINT for it: stop it with SIGTERM then.)
 #
 # Settings (environment):
 #   PORT=8501            the balancer's port
@@ -162,7 +163,7 @@ PIDS+=("$HAPROXY_PID")
 echo "serve.sh: haproxy pid $HAPROXY_PID on $HOST:$PORT, config $CFG, log $LOG_DIR/haproxy.log"
 URL="http://$(local_url "$HOST"):$PORT"
 wait_healthy "$URL/_stcore/health" "$HAPROXY_PID" "haproxy"
-echo "serve.sh: ready: $URL ($N replicas${BACKENDS:+, backends $BACKENDS}, $THREADS torch threads each)"
+echo "serve.sh: ready: $URL ($N local replicas with $THREADS torch threads each${BACKENDS:+; backends $BACKENDS})"
 
 declare -A REPORTED=()
 while kill -0 "$HAPROXY_PID" 2>/dev/null; do
@@ -173,6 +174,10 @@ while kill -0 "$HAPROXY_PID" 2>/dev/null; do
             echo "serve.sh: replica $name (pid ${REPLICA_PID[$name]}) exited; see $LOG_DIR/$name.log" >&2
         fi
     done
+    if [ "$N" -gt 0 ] && [ "${#REPORTED[@]}" -eq "$N" ] && [ "${#REMOTE[@]}" -eq 0 ]; then
+        echo "serve.sh: no replica left" >&2
+        exit 1
+    fi
 done
-echo "serve.sh: haproxy exited" >&2
+echo "serve.sh: haproxy exited; see $LOG_DIR/haproxy.log" >&2
 exit 1
