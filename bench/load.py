@@ -1,6 +1,8 @@
 """Load test: N concurrent browser sessions on one ``streamlit run app.py``, plus single-user latencies.
 
-    python bench/load.py [--sessions 8] [--changes 3] [--json [PATH]] [--no-profile]
+    python bench/load.py [--sessions 8] [--changes 3] [--json [PATH]] [--no-profile] [--no-single]
+    python bench/load.py --replicas 2 ...     # through deploy/serve.sh 2 (2 replicas behind HAProxy)
+    python bench/load.py --through URL [--server-pids PID,PID] ...   # through a server already running
 
 One headless Chromium (Debian's, ``/usr/bin/chromium``), one browser context per session, all driven
 concurrently through Playwright's async API. Session *i* picks its own sample, method and classes
@@ -21,12 +23,20 @@ to the moment the new overlay is decoded and headed by the new class), the serve
 → overlay, colormap change → overlay, against a 0.5 s target for class and colormap changes,
 with a breakdown (browser → server, script run, after the run) measured in the page and the cost of
 each step of the script measured in-process, to say what dominates when the target is missed.
+
+What a session costs the server (to size a machine for a room): once every session is open and set
+up, all of them change class together; the server processes' CPU time (``/proc``: user + system, all
+replicas and the balancer) over that phase divided by the number of class changes is the *CPU-ms per
+class change*, and their resident memory then, less the memory after warm-up sessions have loaded
+the model on every replica, divided by the number of sessions, is the *MB per session*. With
+``--through`` these need ``--server-pids`` (they are left out otherwise).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -36,6 +46,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -48,7 +59,7 @@ from PIL import Image, ImageOps
 
 import explain
 from explain.samples import SAMPLES_DIR, sample_title
-from tests import server
+from tests import balancer, server
 
 TARGET_S = 0.5  # class or colormap change -> updated overlay
 FIRST_MS = 240_000  # first page load (model load) under load on a 2-core machine
@@ -205,13 +216,46 @@ class SessionResult:
     shown_label: str = ""
     own_distance: float | None = None  # mean |Δ| (0..255) of its overlay to the engine's for its selection
     overlay: np.ndarray | None = field(default=None, repr=False)
+    replica: str = ""  # the balancer's affinity cookie (which replica served it), "" without a balancer
 
 
-async def run_session(browser, url: str, plan: Plan, default_label: str, start: asyncio.Event) -> SessionResult:
+class Steady:
+    """The steady phase: from the moment every session is set up to the moment all have made their
+    class changes. Records wall time, changes and the server's CPU time (``probe``) at both ends."""
+
+    def __init__(self, sessions: int, probe, memory) -> None:
+        self.sessions, self.probe, self.memory = sessions, probe, memory
+        self.ready = self.finished = self.changes = 0
+        self.all_ready = asyncio.Event()
+        self.t0 = self.t1 = self.cpu0 = self.cpu1 = 0.0
+        self.rss_at_start = 0.0
+
+    def _arrive(self) -> None:
+        self.ready += 1
+        if self.ready == self.sessions:
+            self.t0, self.cpu0, self.rss_at_start = time.monotonic(), self.probe(), self.memory()
+            self.all_ready.set()
+
+    async def start(self) -> None:
+        """Wait until every session is set up (or has failed)."""
+        self._arrive()
+        await self.all_ready.wait()
+
+    def finish(self, started: bool) -> None:
+        if not started:  # a session that failed before the phase must not hold the others back
+            self._arrive()
+        self.finished += 1
+        if self.finished == self.sessions:
+            self.t1, self.cpu1 = time.monotonic(), self.probe()
+
+
+async def run_session(browser, url: str, plan: Plan, default_label: str, start: asyncio.Event,
+                      steady: Steady | None = None) -> SessionResult:
     res = SessionResult(plan.index, plan.sample, plan.method, plan.classes[-1])
     ctx = await browser.new_context(viewport=server.VIEWPORT)
     step = "opening the page"
     page = None
+    started = finished = False
     try:
         page = await ctx.new_page()
         page.on("pageerror", lambda err: res.problems.append(f"page error: {err}"))
@@ -221,6 +265,7 @@ async def run_session(browser, url: str, plan: Plan, default_label: str, start: 
         await server.wait_overlay(page, default_label, timeout_ms=FIRST_MS)
         await server.settle(page, FIRST_MS)
         res.first_overlay_s = time.monotonic() - t0
+        res.replica = next((c["value"] for c in await ctx.cookies(url) if c["name"] == balancer.COOKIE), "")
         step = f"choosing the sample {plan.title!r}"
         old = (await server.overlay_state(page))["src"]
         if plan.top1_label != default_label:
@@ -242,9 +287,18 @@ async def run_session(browser, url: str, plan: Plan, default_label: str, start: 
                        .some(s => s.textContent.trim() === 'Raw ' + title + ' map')""",
                 arg=plan.method_title, timeout=STEP_MS)
             await server.settle(page, STEP_MS)
+        if steady is not None:
+            step = "waiting for the other sessions to be set up"
+            started = True
+            await steady.start()
         for cls in plan.classes:
             step = f"choosing the class {cls!r}"
             res.changes.append(await timed_change(page, "Class to explain", cls, cls))
+            if steady is not None:
+                steady.changes += 1
+        if steady is not None:
+            finished = True
+            steady.finish(started)
         # ---- the final state must be this session's own ----
         step = "checking the final state"
         state = await server.overlay_state(page)
@@ -281,6 +335,8 @@ async def run_session(browser, url: str, plan: Plan, default_label: str, start: 
             except Exception as shot_err:  # noqa: BLE001 - the page may be gone
                 res.problems.append(f"no screenshot: {type(shot_err).__name__}")
     finally:
+        if steady is not None and not finished:
+            steady.finish(started)
         await ctx.close()
     return res
 
@@ -302,17 +358,22 @@ def crosstalk(results: list[SessionResult], plans: list[Plan]) -> None:
             res.problems.append(f"overlay differs from the engine's by {own:.1f} on average")
 
 
-class RssPoller:
-    """Peak resident memory of the server process tree, sampled every ``every`` seconds."""
+def rss_total(pids: list[int]) -> float:
+    """Resident memory of the server processes (each with its children), in MiB."""
+    return sum(server.rss_mb(p) for p in pids)
 
-    def __init__(self, pid: int, every: float = 0.2) -> None:
-        self.pid, self.every, self.peak, self.samples = pid, every, 0.0, 0
+
+class RssPoller:
+    """Peak resident memory of the server processes, sampled every ``every`` seconds."""
+
+    def __init__(self, pids: list[int], every: float = 0.2) -> None:
+        self.pids, self.every, self.peak, self.samples = pids, every, 0.0, 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, server.rss_mb(self.pid))
+            self.peak = max(self.peak, rss_total(self.pids))
             self.samples += 1
             self._stop.wait(self.every)
 
@@ -323,22 +384,45 @@ class RssPoller:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, server.rss_mb(self.pid))
+        self.peak = max(self.peak, rss_total(self.pids))
 
 
-async def concurrent(url: str, plans: list[Plan], default_label: str) -> tuple[list[SessionResult], float]:
+async def concurrent(url: str, plans: list[Plan], default_label: str,
+                     steady: Steady | None = None) -> tuple[list[SessionResult], float]:
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
         browser = await server.launch_chromium(p)
         try:
             start = asyncio.Event()
-            tasks = [asyncio.create_task(run_session(browser, url, plan, default_label, start)) for plan in plans]
+            tasks = [asyncio.create_task(run_session(browser, url, plan, default_label, start, steady))
+                     for plan in plans]
             await asyncio.sleep(0)  # let every task open its context before they all start together
             t0 = time.monotonic()
             start.set()
             results = await asyncio.gather(*tasks)
             return list(results), time.monotonic() - t0
+        finally:
+            await browser.close()
+
+
+async def warm_up(url: str, sessions: int, default_label: str) -> list[str]:
+    """Open ``sessions`` sessions at once and wait for their first overlay, so that every replica
+    behind a balancer has loaded the model; returns the replica each went to (its cookie)."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await server.launch_chromium(p)
+        try:
+            contexts = []
+            for _ in range(sessions):  # one after another, so that the balancer spreads them
+                ctx = await browser.new_context(viewport=server.VIEWPORT)
+                page = await ctx.new_page()
+                await page.goto(url, timeout=FIRST_MS)
+                await server.wait_overlay(page, default_label, timeout_ms=FIRST_MS)
+                contexts.append(ctx)
+            return [next((c["value"] for c in await ctx.cookies(url) if c["name"] == balancer.COOKIE), "")
+                    for ctx in contexts]
         finally:
             await browser.close()
 
@@ -499,9 +583,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
                     help="also write the results as JSON (to PATH, or stdout)")
     ap.add_argument("--no-profile", action="store_true", help="skip the in-process step costs")
+    ap.add_argument("--no-single", action="store_true", help="skip the single-user latencies")
+    where = ap.add_mutually_exclusive_group()
+    where.add_argument("--through", metavar="URL",
+                       help="load a server that is already running (e.g. deploy/serve.sh's balancer) at URL")
+    where.add_argument("--replicas", type=int, metavar="N",
+                       help="start deploy/serve.sh N (N replicas behind HAProxy, free local ports) and load it")
+    ap.add_argument("--server-pids", default="", metavar="PID,PID",
+                    help="with --through: the server's processes, for CPU time and memory")
+    ap.add_argument("--warmup", type=int, default=None, metavar="K",
+                    help="sessions opened (and closed) before the measurement, so that every replica has "
+                         "loaded the model (default: the number of replicas, or 1)")
     args = ap.parse_args(argv)
     if server.chromium_path() is None:
         print("no Chromium at /usr/bin/chromium: apt-get install chromium", file=sys.stderr)
+        return 2
+    if args.replicas is not None and (args.replicas < 1 or balancer.haproxy_path() is None):
+        print("--replicas needs N >= 1 and HAProxy (apt-get install haproxy)", file=sys.stderr)
         return 2
 
     t_all = time.monotonic()
@@ -511,13 +609,33 @@ def main(argv: list[str] | None = None) -> int:
     default_label = label(m, explain.explain(m, explain.load_image(SAMPLES_DIR / widgets.DEFAULT_SAMPLE)).predictions[0][0])
     plans = make_plans(m, args.sessions, args.changes)
 
-    with server.streamlit_server(timeout=180) as (url, proc), RssPoller(proc.pid) as rss:
-        idle_rss = server.rss_mb(proc.pid)
-        results, wall = asyncio.run(concurrent(url, plans, default_label))
+    with contextlib.ExitStack() as stack:
+        if args.through:
+            url, pids = args.through.rstrip("/"), [int(p) for p in args.server_pids.split(",") if p.strip()]
+            still_alive = lambda: health(url)  # noqa: E731
+        elif args.replicas:
+            dep = stack.enter_context(balancer.serve(args.replicas, Path(stack.enter_context(tempfile.TemporaryDirectory()))))
+            url, pids = dep.url, dep.pids()
+            still_alive = lambda: all(balancer.alive(p) for p in pids) and health(url)  # noqa: E731
+        else:
+            url, proc = stack.enter_context(server.streamlit_server(timeout=180))
+            pids = [proc.pid]
+            still_alive = lambda: proc.poll() is None  # noqa: E731
+        idle_rss = rss_total(pids)
+        warm = args.warmup if args.warmup is not None else (args.replicas or 1)
+        warm_replicas = asyncio.run(warm_up(url, warm, default_label)) if warm > 0 else []
+        base_rss = rss_total(pids)
+        base_rss_each = {p: server.rss_mb(p) for p in pids}
+        rss = stack.enter_context(RssPoller(pids))
+        steady = Steady(len(plans), lambda: balancer.cpu_seconds(pids), lambda: rss_total(pids))
+        results, wall = asyncio.run(concurrent(url, plans, default_label, steady))
         crosstalk(results, plans)
-        single = asyncio.run(single_user(url, m, default_label, args.repeats))
+        if args.no_single:
+            single = {"upload_s": float("nan"), "class": [], "colormap": [], "failures": []}
+        else:
+            single = asyncio.run(single_user(url, m, default_label, args.repeats))
         # The server still serves a fresh session after all that.
-        alive = proc.poll() is None
+        alive = still_alive()
     steps = {} if args.no_profile else profile_steps(m)
     rerun = {} if args.no_profile else apptest_rerun(explain.DEFAULT_MODEL, 0)
 
@@ -543,8 +661,14 @@ def main(argv: list[str] | None = None) -> int:
             "sessions": [{"index": r.index, "sample": r.sample, "method": r.method, "final_class": r.final_label,
                           "shown": r.shown_label, "overlay_vs_engine": r.own_distance, "ok": not r.problems} for r in results],
         },
-        "server_rss_mb": {"idle": idle_rss, "peak": rss.peak, "samples": rss.samples},
+        "server_rss_mb": {"idle": idle_rss, "after_warmup": base_rss, "after_warmup_per_process": base_rss_each, "all_sessions_set_up": steady.rss_at_start,
+                          "peak": rss.peak, "samples": rss.samples},
         "server_alive": alive,
+        "served_by": {"through": args.through, "replicas": args.replicas, "server_pids": pids,
+                      "warmup_sessions": warm_replicas,
+                      "sessions_per_replica": {k: [r.replica for r in results].count(k)
+                                               for k in sorted({r.replica for r in results})}},
+        "per_session_cost": session_cost(steady, pids, base_rss, len(plans)),
         "single_user": {
             "upload_to_overlay_s": single["upload_s"],
             "class_change": class_ph,
@@ -573,6 +697,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
+def health(url: str) -> bool:
+    """True when ``url`` answers Streamlit's health check."""
+    try:
+        with urllib.request.urlopen(f"{url}/_stcore/health", timeout=5) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def session_cost(steady: Steady, pids: list[int], base_rss: float, sessions: int) -> dict[str, float | None]:
+    """CPU-ms of the server per class change in the steady phase, and MB of the server per open session."""
+    if not pids or not steady.changes or not steady.t1:
+        return {"cpu_ms_per_class_change": None, "mb_per_session": None, "changes": steady.changes,
+                "steady_wall_s": None, "server_cpu_busy": None}
+    cpu = steady.cpu1 - steady.cpu0
+    wall = steady.t1 - steady.t0
+    return {
+        "cpu_ms_per_class_change": 1000.0 * cpu / steady.changes,
+        "mb_per_session": (steady.rss_at_start - base_rss) / sessions,
+        "changes": steady.changes,
+        "steady_wall_s": wall,
+        # Cores the server kept busy during the phase (the browsers used the rest).
+        "server_cpu_busy": cpu / wall if wall > 0 else None,
+        "changes_per_s": steady.changes / wall if wall > 0 else None,
+    }
+
+
 def print_table(rep: dict) -> None:
     f = lambda v: "—" if v is None else f"{v:.2f}"
     ld, su = rep["load"], rep["single_user"]
@@ -591,12 +742,33 @@ def print_table(rep: dict) -> None:
          f"{f(ph['after_run_s'])}"),
         f"{'  server RSS idle → peak (MiB)':<44}{rep['server_rss_mb']['idle']:>10.0f} → {rep['server_rss_mb']['peak']:.0f}",
         f"{'  wall time of the concurrent part (s)':<44}{ld['wall_s']:>10.1f}",
-        "",
-        f"{'single user (embedded model)':<44}{'median s':>10}{'target':>8}{'ratio':>8}",
-        f"{'  upload → first overlay':<44}{su['upload_to_overlay_s']:>10.2f}{'':>8}{'':>8}",
     ]
+    by, cost = rep["served_by"], rep["per_session_cost"]
+    if by["through"] or by["replicas"]:
+        spread = ", ".join(f"{k or '?'}: {v}" for k, v in by["sessions_per_replica"].items())
+        lines.append(f"{'  served through':<44}{by['through'] or 'deploy/serve.sh ' + str(by['replicas'])}"
+                     f"  (sessions per replica: {spread})")
+    if cost["cpu_ms_per_class_change"] is not None:
+        mem = rep["server_rss_mb"]
+        lines += [
+            "",
+            "what a session costs the server (all its processes; steady phase: every session changing class)",
+            f"{'  CPU-ms per class change':<44}{cost['cpu_ms_per_class_change']:>10.0f}   "
+            f"({cost['changes']} changes in {cost['steady_wall_s']:.1f} s, {cost['changes_per_s']:.2f}/s, "
+            f"server busy {cost['server_cpu_busy']:.2f} cores)",
+            f"{'  MB per open session':<44}{cost['mb_per_session']:>10.1f}   "
+            f"(RSS after warm-up {mem['after_warmup']:.0f} → all set up {mem['all_sessions_set_up']:.0f} MiB)",
+        ]
+    if su["class_change"]["median_s"]:  # not with --no-single
+        lines += [
+            "",
+            f"{'single user (embedded model)':<44}{'median s':>10}{'target':>8}{'ratio':>8}",
+            f"{'  upload → first overlay':<44}{su['upload_to_overlay_s']:>10.2f}{'':>8}{'':>8}",
+        ]
     for kind in ("class", "colormap"):
         p = su[f"{kind}_change"]
+        if not p["median_s"]:
+            continue
         ratio = su[f"{kind}_ratio_to_target"]
         lines.append(f"{'  ' + kind + ' change → updated overlay':<44}{f(p['median_s']):>10}{rep['target_s']:>8.2f}"
                      f"{f(ratio):>8}")

@@ -14,12 +14,14 @@ forward passes on the very object the app uses (:func:`get_model` in the test pr
 from __future__ import annotations
 
 import hashlib
+import os
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import streamlit as st
 from PIL import Image, ImageOps
+from streamlit.logger import get_logger
 
 import explain
 from ui import streamlit_compat
@@ -30,13 +32,21 @@ MODEL_CACHE_ENTRIES = 3
 #: Decoded images kept (by content hash); photos are small next to models.
 IMAGE_CACHE_ENTRIES = 16
 THUMBNAIL_SIZE = 96
+#: Set by deploy/serve.sh to the replica's name (r1, r2, ...), so that its log says which replica it is.
+REPLICA_ENV = "CAM_EXPLORER_REPLICA"
+
+_log = get_logger(__name__)
 
 
 @st.cache_resource(max_entries=MODEL_CACHE_ENTRIES, show_spinner=False)
 def _load_model(name: str, _progress: Callable[[int, int], None] | None = None) -> explain.Model:
     # No st.* calls in here: cached functions replay their elements, and a progress bar drawn
     # from inside would be replayed (or rejected) on every cache hit.
-    return explain.load_model(name, progress=_progress)
+    model = explain.load_model(name, progress=_progress)
+    # One line per load in the server log: an operator (and tests/test_deploy.py) can see that each
+    # replica loads each model once.
+    _log.info("loaded model %s (replica %s, pid %d)", name, os.environ.get(REPLICA_ENV, "-"), os.getpid())
+    return model
 
 
 def get_model(name: str, progress: Callable[[int, int], None] | None = None) -> explain.Model:
