@@ -376,9 +376,12 @@ def _order(heat: np.ndarray | None, ranking: np.ndarray | None, size: tuple[int,
 def _baseline_tensor(model: Model, view: Image.Image, baseline: str) -> torch.Tensor:
     """The normalised tensor of the baseline picture, made in pixel space from the model view."""
     rgb = view.convert("RGB")
+    # Every baseline picture is read the way the picture itself was (a masked digit must not
+    # switch polarity half-way along a curve).
+    reading = model.preprocess.read(view)
     if baseline == "zero":
-        # Black as the *model* sees it: for inverting (digit) models that is a white picture.
-        colour = (255, 255, 255) if model.preprocess.invert else (0, 0, 0)
+        # Black as the *model* sees it: for a picture the model flips, that is a white picture.
+        colour = (255, 255, 255) if model.preprocess.flips(reading) else (0, 0, 0)
         pic = Image.new("RGB", rgb.size, colour)
     elif baseline == "mean":
         mean = np.asarray(rgb, dtype=np.float64).reshape(-1, 3).mean(axis=0)
@@ -388,7 +391,7 @@ def _baseline_tensor(model: Model, view: Image.Image, baseline: str) -> torch.Te
         pic = rgb.filter(ImageFilter.GaussianBlur(radius=sigma))
     else:  # pragma: no cover - validated by the caller
         raise ExplainError(f"Unknown baseline {baseline!r}: use one of {', '.join(BASELINES)}.")
-    return model.preprocess.to_tensor(pic).to(model.device)
+    return model.preprocess.to_tensor(pic, reading).to(model.device)
 
 
 __all__ = [
