@@ -196,7 +196,10 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
     maps = all_maps[: len(classes)]
     reference = None
     if relative:
-        reference = (top1, max(float(all_maps[wanted.index(top1)].max()), 0.0))
+        ref = all_maps[wanted.index(top1)].detach().float().cpu()
+        # Sparse maps (input gradients) take a high percentile as their top, as their own scale does.
+        peak = float(torch.quantile(ref.flatten(), m.clip_percentile / 100.0)) if m.clip_percentile else float(ref.max())
+        reference = (top1, max(peak, 0.0))
     maps = maps.detach().to("cpu", torch.float32)
     for i, c in enumerate(classes):
         if not bool((maps[i] > 0).any()):
