@@ -20,9 +20,10 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 BAR_WIDTH = 30
 
 
-def progress_bar(name: str, stream: TextIO = sys.stderr):
+def progress_bar(name: str, stream: TextIO | None = None):
     """A ``progress(done, total)`` callback drawing ``name [=====     ]  41% 40.1/97.8 MB`` on ``stream``."""
     last = [-1]
+    out = stream or sys.stderr
 
     def progress(done: int, total: int) -> None:
         mb = done / 2**20
@@ -35,8 +36,8 @@ def progress_bar(name: str, stream: TextIO = sys.stderr):
         key = int(mb * 10)
         if key != last[0] or (total and done >= total):
             last[0] = key
-            stream.write("\r" + line)
-            stream.flush()
+            out.write("\r" + line)
+            out.flush()
 
     return progress
 
