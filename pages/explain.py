@@ -40,14 +40,14 @@ with page.guard("explaining the image"):
         st.markdown(f"**Raw {text.md_escape(title)} map** · {h}×{w} at {text.md_escape(where)}")
         st.image(charts.heatmap_png(raw.numpy(), sel.raw_cmap), width="stretch", output_format="PNG")
     with right:
-        on = "original picture" if sel.on_original else "model's view"
-        st.markdown(f"**Overlay** · {text.md_escape(text.class_label(m.categories, r.targets[0]))} · on the {on}")
+        st.markdown(f"**Overlay** · {text.md_escape(text.class_label(m.categories, r.targets[0]))}")
         overlay = compute.overlays(r, sel, normalize=normalize)[0]
         # PNG: Streamlit's default JPEG smears fine detail (saliency maps) and shifts colours.
         overlay_png = pictures.png(overlay)
         st.image(overlay_png, width="stretch", output_format="PNG")
-        if sel.on_original and sel.fit == "crop":
-            st.caption("Dimmed: the part of the picture the centre crop cut off (the model never saw it).")
+        on = f"On the original picture, {r.original.size[0]}×{r.original.size[1]}" if sel.on_original else "On the model's view"
+        dimmed = " · dimmed: what the centre crop cut off" if sel.on_original and sel.fit == "crop" else ""
+        st.caption(on + dimmed)
 
     st.markdown(text.explanation_caption(r))
     strength = text.strength_caption(r) if relative else ""
