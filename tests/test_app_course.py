@@ -132,3 +132,35 @@ def test_class_picker_offers_the_lesson_classes_and_corrects_them() -> None:
     fix.click()
     run_ok(at)
     assert widget(at, "selectbox", state.TARGET).value == 250
+
+
+def test_sidebar_overlay_mode_reaches_the_page_pixel_exact(monkeypatch) -> None:
+    from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+
+    sent: list[bytes] = []
+    original = MemoryMediaFileStorage.load_and_get_id
+
+    def record(self, data, mimetype, kind, filename=None):
+        if isinstance(data, bytes) and mimetype == "image/png":
+            sent.append(data)
+        return original(self, data, mimetype, kind, filename)
+
+    monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    at = new_app()
+    at.query_params["overlay"] = "add"  # a lecturer's link carries the lesson's view
+    at.query_params["rawcolormap"] = "bwr"
+    run_ok(at)
+    assert widget(at, "segmented_control", state.OVERLAY_MODE).value == "add"
+    assert widget(at, "selectbox", state.RAW_COLORMAP).value == "bwr"
+    widget(at, "selectbox", state.COLORMAP).set_value("cv2_jet")
+    widget(at, "slider", state.HEAT_WEIGHT).set_value(0.3)
+    widget(at, "slider", state.IMAGE_WEIGHT).set_value(0.5)
+    sent.clear()
+    run_ok(at)
+    m = resources.get_model(explain.DEFAULT_MODEL)
+    r = explain.explain(m, explain.load_image(SAMPLES_DIR / "cat.jpg"), relative=True)
+    want = np.asarray(r.overlays(explain.RELATIVE, colormap="cv2_jet", mode="add", heat_weight=0.3, image_weight=0.5,
+                                 on="original")[0])
+    shown = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in sent]
+    assert any(s.shape == want.shape and np.array_equal(s, want) for s in shown)
+    assert "On the original picture, 451×300" in markdown_text(at)
