@@ -275,7 +275,13 @@ def grid(
     for i, t in enumerate(tiles):
         r, c = divmod(i, columns)
         x, y = c * tile, r * (tile + cap_h)
-        sheet.paste(t.convert("RGB").resize((tile, tile)), (x, y))
+        pic = t.convert("RGB")
+        if pic.width != pic.height:  # an overlay on a non-square original keeps its proportions
+            pic = pic.copy()
+            pic.thumbnail((tile, tile))
+            sheet.paste(pic, (x + (tile - pic.width) // 2, y + (tile - pic.height) // 2))
+        else:
+            sheet.paste(pic.resize((tile, tile)), (x, y))
         if captions and i < len(captions):
             draw.text((x + 4, y + tile + 4), str(captions[i])[:40], fill="black", font=font)
     return sheet

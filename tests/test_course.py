@@ -306,3 +306,10 @@ def test_download_reports_a_refused_connection(hub, monkeypatch, capsys) -> None
     assert "error: resnet18: Could not get the weights" in err and "refused" in err.lower()
     assert not hub.exists() or os.listdir(hub) == []
     assert cli.main(["download", "no_such_model"]) == 1
+
+
+def test_report_grid_keeps_an_originals_proportions() -> None:
+    sheet = rnd.grid([Image.new("RGB", (451, 300), "red")], tile=224)
+    column = np.asarray(sheet)[:224, 112]
+    red = np.flatnonzero((column == [255, 0, 0]).all(axis=1))
+    assert len(red) == round(224 * 300 / 451)  # 149 rows, not squashed to 224
