@@ -105,8 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heat-weight", default=0.5, type=float, dest="heat_weight", help="add mode (default: 0.5)")
     p.add_argument("--image-weight", default=1.0, type=float, dest="image_weight", help="add mode (default: 1.0)")
     p.add_argument("--smooth", default=0.0, type=float, help="Gaussian smoothing σ in model-view pixels (default: 0)")
-    p.add_argument("--on", default="original", choices=("original", "view"),
-                   help="draw overlays on the original picture (default) or on the model's square view")
+    p.add_argument("--on", default="view", choices=("view", "original"),
+                   help="draw overlays on the model's square view (default) or on the original picture at its "
+                   "own size, as the lessons do")
     p.add_argument("--polarity", default="auto",
                    help="greyscale models: auto (read from the picture, default), dark_on_light or light_on_dark")
     p.add_argument("--fit", default="squash", help="squash (whole picture, default) or crop (centre crop)")

@@ -313,3 +313,12 @@ def test_report_grid_keeps_an_originals_proportions() -> None:
     column = np.asarray(sheet)[:224, 112]
     red = np.flatnonzero((column == [255, 0, 0]).all(axis=1))
     assert len(red) == round(224 * 300 / 451)  # 149 rows, not squashed to 224
+
+
+def test_cli_draws_on_the_original_when_asked(tmp_path) -> None:
+    assert cli.main([str(CAT), "--on", "original", "--overlay-mode", "add", "--colormap", "cv2_jet",
+                     "--out", str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "cat.json").read_text())
+    assert summary["overlay_mode"] == "add" and summary["on"] == "original"
+    with Image.open(tmp_path / summary["overlays"][0]) as pic:
+        assert pic.size == (451, 300)
