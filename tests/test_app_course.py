@@ -38,7 +38,7 @@ def test_lessons_lightning_checkpoint_through_the_page_equals_run_gradcam() -> N
     text = markdown_text(at)
     assert "recommended conv.4" in text and "28×28 pixels" in text and "light strokes on a dark background" in text
     m = mine.model
-    images, labels = mnist_style_digits()
+    images, _labels = mnist_style_digits()
     digit = images[11]
     # The page's own settings explain it: upload the digit, explain at conv.4 with Grad-CAM.
     at.switch_page("pages/explain.py")

@@ -24,7 +24,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms.functional import to_tensor
 
 import explain
-from explain import cli, custom, render as rnd
+from explain import cli, render as rnd
 from explain.samples import SAMPLES_DIR
 from explain.zoo.lenet import digits_dataset, split_indices
 
