@@ -277,8 +277,8 @@ def grid(
         x, y = c * tile, r * (tile + cap_h)
         pic = t.convert("RGB")
         if pic.width != pic.height:  # an overlay on a non-square original keeps its proportions
-            pic = pic.copy()
-            pic.thumbnail((tile, tile))
+            scale = tile / max(pic.size)
+            pic = pic.resize((max(1, round(pic.width * scale)), max(1, round(pic.height * scale))))
             sheet.paste(pic, (x + (tile - pic.width) // 2, y + (tile - pic.height) // 2))
         else:
             sheet.paste(pic.resize((tile, tile)), (x, y))
