@@ -322,3 +322,17 @@ def test_cli_draws_on_the_original_when_asked(tmp_path) -> None:
     assert summary["overlay_mode"] == "add" and summary["on"] == "original"
     with Image.open(tmp_path / summary["overlays"][0]) as pic:
         assert pic.size == (451, 300)
+
+
+def test_faithfulness_and_learn_read_the_picture_as_explain_does(digits: explain.Model) -> None:
+    light = ImageOps.invert(explain.load_image(SAMPLES_DIR / "digit_3.png"))
+    r = explain.explain(digits, light)
+    assert r.predictions[0][1] == "3"
+    heat = r.heatmaps()[0]
+    auto = explain.deletion_insertion(digits, light, 3, heat, steps=4, mode="deletion")
+    forced = explain.deletion_insertion(digits, light, 3, heat, steps=4, mode="deletion", polarity="dark_on_light")
+    assert auto.deletion[0] == pytest.approx(r.prob(3), abs=1e-5)
+    assert forced.deletion[0] != pytest.approx(auto.deletion[0], abs=1e-3)
+    wk = explain.walkthrough(digits, light, 3)
+    assert wk.prob == pytest.approx(r.prob(3), abs=1e-5)
+    assert explain.walkthrough(digits, light, 3, polarity="dark_on_light").prob != pytest.approx(wk.prob, abs=1e-3)
