@@ -97,9 +97,10 @@ def label(m: explain.Model, index: int) -> str:
 def engine_overlay(m: explain.Model, image: Image.Image, target: int, method: str) -> np.ndarray:
     """The overlay the app shows with its default display settings, as float RGB (the app sends
     overlays as PNG, so the browser must show exactly these pixels)."""
-    r = explain.explain(m, image, targets=[target], method=method)
-    ov = r.overlays(normalize=explain.NORMALIZATIONS[0], colormap=explain.COLORMAPS[0], alpha=0.5, smooth=0.0,
-                    contour=False)[0]
+    # The Explain page's defaults: relative to the top class, drawn on the original picture.
+    r = explain.explain(m, image, targets=[target], method=method, relative=True)
+    ov = r.overlays(normalize=explain.RELATIVE, colormap=explain.COLORMAPS[0], alpha=0.5, smooth=0.0,
+                    contour=False, on="original")[0]
     return np.asarray(ov.convert("RGB"), dtype=np.float32)
 
 

@@ -25,16 +25,17 @@ from .errors import (
     WeightsMismatchError,
     WeightsUnavailableError,
 )
-from .explanation import Explanation, explain, predict_top, top_predictions
+from .explanation import RELATIVE, Explanation, explain, predict_top, top_predictions
 from .io import SUPPORTED_EXTENSIONS, load_image
 from .methods import DEFAULT_METHOD, Method, Param, TITLES, all_methods, get_method, method_names
 from .methods import register as register_method, unregister as unregister_method
 from . import methods  # submodule, part of the public API
 from .model import INPUT_LAYER, Capture, Model
 from .progress import CancelCheck, Progress
-from .preprocess import FITS, Preprocess
+from .preprocess import FITS, POLARITIES, Preprocess, read_polarity
 from .registry import (
     DEFAULT_MODEL,
+    download_weights,
     get_spec,
     ModelInfo,
     checkpoint_dir,
@@ -44,10 +45,10 @@ from .registry import (
     model_names,
     weights_file,
 )
-from .render import COLORMAPS, NORMALIZATIONS
+from .render import COLORMAPS, NORMALIZATIONS, OVERLAY_MODES
 from .samples import SAMPLES_DIR, list_samples, sample_kind, sample_title
 from .families import COLOUR_SAMPLE, GREY_SAMPLE, Architecture, Built, ModelSpec, register_architecture, register_model
-from . import custom, metrics, render, sanity, teach  # submodules, part of the public API
+from . import custom, metrics, offline, render, sanity, teach  # submodules, part of the public API
 from .custom import build_custom, custom_architectures, read_labels, read_state_dict
 from .metrics import FaithfulnessResult, MethodComparison, compare_methods, deletion_insertion, plain_reading
 from .sanity import SanityResult, cascading_randomisation
@@ -72,6 +73,7 @@ __all__ = [
     "GREY_SAMPLE", "Architecture", "Built", "ModelSpec", "register_architecture", "register_model", "get_spec",
     "register_method", "unregister_method", "TEACH_CAM", "TEACH_GRADCAM",
     "Audit", "AuditError", "Finding", "ZipLimits", "audit", "load_audit", "demo",
+    "RELATIVE", "POLARITIES", "read_polarity", "OVERLAY_MODES", "download_weights", "offline",
 ]
 
 

@@ -420,7 +420,7 @@ class Worker:
         xs = []
         for _e, _row, image in good:
             view = pre.view(image, self.fit)
-            xs.append(pre.to_tensor(view))
+            xs.append(pre.to_tensor(view))  # polarity read from the picture, as explain() does
         x = torch.cat(xs).to(model.device)
         cap = model.capture_batch(x, self.layer)
         probs = cap.probs

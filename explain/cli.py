@@ -15,7 +15,7 @@ import json
 import pathlib
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -24,6 +24,8 @@ import numpy as np
 
 from . import COLORMAPS, DEFAULT_MODEL, FITS, NORMALIZATIONS
 from .cli_common import EXIT_IMAGE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, _error, _Parser
+from .preprocess import POLARITIES
+from .render import OVERLAY_MODES
 from .errors import ExplainError, UnknownClassError
 from .explanation import explain
 from .io import load_image
@@ -82,9 +84,21 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"classes to explain: topN (N = 1..{MAX_TOP}, default top1) or a comma list of class "
         "indices or class names (exact, or a part that fits one class only), e.g. 281,285 or tabby,285",
     )
-    p.add_argument("--normalize", default="per_map", help="per_map (each map full scale, default) or shared")
+    p.add_argument("--normalize", default="per_map",
+                   help="per_map (each map full scale, default), shared (one scale) or max (divided by the maximum)")
     p.add_argument("--colormap", default="jet", help=f"overlay colours: {', '.join(COLORMAPS)} (default: jet)")
     p.add_argument("--alpha", default=0.5, type=float, help="overlay opacity in [0, 1] (default: 0.5)")
+    p.add_argument("--overlay-mode", default="blend", dest="overlay_mode",
+                   help="blend (opacity --alpha, default), add (--heat-weight·heat + --image-weight·image, "
+                   "as cv2.addWeighted) or multiply (the picture times the map)")
+    p.add_argument("--heat-weight", default=0.5, type=float, dest="heat_weight", help="add mode (default: 0.5)")
+    p.add_argument("--image-weight", default=1.0, type=float, dest="image_weight", help="add mode (default: 1.0)")
+    p.add_argument("--smooth", default=0.0, type=float, help="Gaussian smoothing σ in model-view pixels (default: 0)")
+    p.add_argument("--on", default="view", choices=("view", "original"),
+                   help="draw overlays on the model's square view (default) or on the original picture at its "
+                   "own size, as the lessons do")
+    p.add_argument("--polarity", default="auto",
+                   help="greyscale models: auto (read from the picture, default), dark_on_light or light_on_dark")
     p.add_argument("--fit", default="squash", help="squash (whole picture, default) or crop (centre crop)")
     p.add_argument(
         "--weights", default="default",
@@ -131,14 +145,20 @@ def method_slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9]", "", name.replace("+", "p"))
 
 
+def subcommands() -> dict[str, Callable[[list[str]], int]]:
+    """``python -m explain <command> …``: the commands other than explaining pictures."""
+    from .audit_cli import main as audit_main  # ``audit SOURCE …``
+    from .offline import SUBCOMMANDS  # ``download NAME …``, ``models``
+
+    return {"audit": audit_main, **SUBCOMMANDS}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (0 ok, 1 some image failed, 2 usage error)."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    if args_list[:1] == ["audit"] and not pathlib.Path("audit").is_file():
-        from .audit_cli import main as audit_main  # ``python -m explain audit SOURCE ...``
-
-        return audit_main(args_list[1:])
-    argv = args_list
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = subcommands()
+    if argv and argv[0] in commands and not pathlib.Path(argv[0]).is_file():  # a picture may be called "audit"
+        return commands[argv[0]](argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -184,6 +204,15 @@ def _check_options(args: argparse.Namespace) -> tuple[Method, TargetSpec]:
         raise UsageError(f"--alpha {args.alpha}: the overlay opacity must be between 0 and 1")
     if args.normalize not in NORMALIZATIONS:
         raise UsageError(f"unknown normalization {args.normalize!r}: use one of {', '.join(NORMALIZATIONS)}")
+    if args.overlay_mode not in OVERLAY_MODES:
+        raise UsageError(f"unknown overlay mode {args.overlay_mode!r}: use one of {', '.join(OVERLAY_MODES)}")
+    for flag, v in (("--heat-weight", args.heat_weight), ("--image-weight", args.image_weight)):
+        if not 0.0 <= v <= 10.0:
+            raise UsageError(f"{flag} {v}: the weight must be between 0 and 10")
+    if not 0.0 <= args.smooth <= 100.0:
+        raise UsageError(f"--smooth {args.smooth}: σ must be between 0 and 100 pixels")
+    if args.polarity not in POLARITIES:
+        raise UsageError(f"unknown polarity {args.polarity!r}: use one of {', '.join(POLARITIES)}")
     if args.fit not in FITS:
         raise UsageError(f"unknown fit {args.fit!r}: use one of {', '.join(FITS)}")
     if args.weights.lower() not in ("default", "none"):
@@ -209,15 +238,16 @@ def _explain_one(
     image = load_image(image_path)
     top_k = max(DEFAULT_PREDICTIONS, targets.top)
     if targets.top:
-        r = explain(model, image, None, args.layer, method.name, top_k, args.fit)
+        r = explain(model, image, None, args.layer, method.name, top_k, args.fit, polarity=args.polarity)
         if targets.top > 1:
             # The capture is cached by the model, so this repeats only the backward pass.
             chosen = [i for i, _, _ in r.predictions[: targets.top]]
-            r = explain(model, image, chosen, args.layer, method.name, top_k, args.fit)
+            r = explain(model, image, chosen, args.layer, method.name, top_k, args.fit, polarity=args.polarity)
     else:
-        r = explain(model, image, classes, args.layer, method.name, top_k, args.fit)
+        r = explain(model, image, classes, args.layer, method.name, top_k, args.fit, polarity=args.polarity)
 
-    overlays = r.overlays(args.normalize, args.colormap, args.alpha)
+    overlays = r.overlays(args.normalize, args.colormap, args.alpha, args.smooth, mode=args.overlay_mode,
+                          heat_weight=args.heat_weight, image_weight=args.image_weight, on=args.on)
     slug = method_slug(r.method)
     names = [f"{stem}_{slug}_{c}.png" for c in r.targets]
     maps_name = f"{stem}_maps.npy"
@@ -234,8 +264,16 @@ def _explain_one(
         "normalize": args.normalize,
         "colormap": args.colormap,
         "alpha": args.alpha,
+        "overlay_mode": args.overlay_mode,
+        "heat_weight": args.heat_weight,
+        "image_weight": args.image_weight,
+        "smooth": args.smooth,
+        "on": args.on,
+        "polarity": r.polarity,  # how a greyscale picture was read (null for colour models)
+        "polarity_read_from_picture": r.polarity_auto if r.polarity is not None else None,
         "predictions": [{"index": i, "name": n, "prob": p} for i, n, p in r.predictions],
         "targets": [{"index": c, "name": n, "prob": r.prob(c)} for c, n in zip(r.targets, r.target_names)],
+        "empty_targets": [c for k, c in enumerate(r.targets) if r.empty(k)],  # maps zero everywhere
         "maps": maps_name,
         "map_shape": list(r.maps.shape),
         "overlays": names,

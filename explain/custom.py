@@ -25,7 +25,7 @@ from . import zoo
 from .errors import ExplainError, WeightsMismatchError
 from .families import Architecture, declared_architecture, declared_architectures
 from .model import Model
-from .preprocess import Preprocess
+from .preprocess import DARK_ON_LIGHT, LIGHT_ON_DARK, Preprocess
 from .registry import torchvision_names
 from .zoo.checks import check_state_dict
 from .zoo.lenet import METADATA_KEY  # the metadata entry the embedded weights carry
@@ -134,7 +134,9 @@ def read_state_dict(data: bytes, filename: str) -> dict[str, torch.Tensor]:
             ) from None
         state = _unwrap(obj, filename)
     else:
-        raise WeightsMismatchError(f"'{filename}': use a .pt, .pth or .safetensors file holding a state_dict.")
+        raise WeightsMismatchError(
+            f"'{filename}': use a .pt, .pth, .ckpt (PyTorch Lightning) or .safetensors file holding a state_dict."
+        )
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise WeightsMismatchError(f"'{filename}': entries {', '.join(map(str, bad[:5]))} are not tensors.")
@@ -196,8 +198,11 @@ def _unwrap(obj: object, filename: str) -> dict[str, torch.Tensor]:
         state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
         if not state:
             raise WeightsMismatchError(f"'{filename}' holds no tensors: save `model.state_dict()`.")
-        if all(k.startswith("module.") for k in state):
-            state = {k[len("module."):]: v for k, v in state.items()}
+        # DataParallel's "module." and a PyTorch Lightning module's attribute ("model.") wrap the
+        # network's own names.
+        for prefix in ("module.", "model."):
+            if all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix):]: v for k, v in state.items()}
         return state
     raise WeightsMismatchError(f"'{filename}' holds a {type(obj).__name__}, not a state_dict.")
 
@@ -257,11 +262,15 @@ def build_custom(
     invert: bool = False,
     name: str | None = None,
     device: str | None = None,
+    polarity: str | None = None,
 ) -> Model:
     """A :class:`Model` of ``arch`` holding ``state``; classes and channels are read from the weights.
 
-    ``invert`` (greyscale models only) flips the input (``1 - x``) for weights trained on light
-    strokes on a dark background; ``name`` overrides the model's name (by default
+    ``polarity`` (greyscale models only): how the training pictures were drawn, ``"dark_on_light"``
+    or ``"light_on_dark"`` (MNIST); ``None`` or ``"auto"``: the architecture's own
+    (``Architecture.polarity``), else dark on light. Pictures drawn the other way round are flipped
+    (the polarity of each picture is read from it). ``invert=True`` is the older way of saying
+    ``polarity="light_on_dark"``. ``name`` overrides the model's name (by default
     ``custom:<arch>:<source>``).
     """
     if input_size is not None and not MIN_INPUT_SIZE <= int(input_size) <= MAX_INPUT_SIZE:
@@ -275,10 +284,14 @@ def build_custom(
     module = spec.build(state, source)
     in_ch = int(module.get_submodule(_first_conv(module)).in_channels)
     _check_channels(in_ch, mean, std, invert)
+    if polarity not in (None, "auto", DARK_ON_LIGHT, LIGHT_ON_DARK):
+        raise ExplainError(f"Unknown polarity {polarity!r}: use auto, {DARK_ON_LIGHT} or {LIGHT_ON_DARK}.")
+    if polarity in (None, "auto"):
+        polarity = LIGHT_ON_DARK if invert else (spec.polarity or DARK_ON_LIGHT)
     pre = spec.preprocess(in_ch, input_size)
     pre = dataclasses.replace(
         pre, mean=tuple(mean) if mean is not None else pre.mean, std=tuple(std) if std is not None else pre.std,
-        invert=bool(invert) and in_ch == 1,
+        invert=False, polarity=polarity if in_ch == 1 else None,
     )
     check_state_dict(module, state, source=source)
     module.load_state_dict(state)

@@ -12,9 +12,13 @@ from PIL import Image
 from . import render
 from .methods import DEFAULT_METHOD, Method, get_method
 from .model import Model
-from .preprocess import Fit
+from .preprocess import Fit, check_polarity
 from .progress import CancelCheck, Progress, check_image_and_fit
+from .errors import ExplainError
 from .render import Normalize
+
+#: ``heatmaps("relative")``: the scale relative to the top class's map (``explain(relative=True)``).
+RELATIVE = "relative"
 
 
 @dataclass
@@ -32,30 +36,94 @@ class Explanation:
     probs: np.ndarray  # [N] probabilities of every class for the unmasked image
     notices: list[str] = field(default_factory=list)
     options: dict[str, float | int] = field(default_factory=dict)  # the method's options, as used
+    original: Image.Image | None = None  # the picture as given (upright RGB), before the model's geometry
+    view_box: tuple[int, int, int, int] | None = None  # the part of ``original`` the model view shows
+    #: Greyscale models: how the picture was read ("dark_on_light"/"light_on_dark"), whether that
+    #: was read from the picture ("auto") or given, and whether the input was flipped for the model.
+    polarity: str | None = None
+    polarity_auto: bool = True
+    polarity_flipped: bool = False
+    #: (top-1 class, its map's maximum) at the same method and layer, with ``explain(relative=True)``.
+    reference: tuple[int, float] | None = None
+
+    def empty(self, index: int = 0) -> bool:
+        """Whether the map of target ``index`` is zero everywhere (nothing raises that class's score)."""
+        return not bool((self.maps[index] > 0).any())
+
+    def strength(self, index: int = 0) -> float | None:
+        """Map maximum of target ``index`` as a fraction of the top class's (``explain(relative=True)``)."""
+        if self.reference is None:
+            return None
+        peak = self.reference[1]
+        top = float(self.maps[index].max())
+        return max(top, 0.0) / peak if peak > 0 else 0.0
 
     @property
     def method_info(self) -> Method:
         """The :class:`~explain.methods.Method` that made these maps (its title, flags, options)."""
         return get_method(self.method)
 
-    def heatmaps(self, normalize: Normalize = "per_map", smooth: float = 0.0) -> np.ndarray:
-        """``[K, H, W]`` float32 in [0, 1] at the size of the model-view image."""
-        w, h = self.image.size
-        return render.heatmaps(self.maps, (h, w), normalize, smooth, self.method_info.clip_percentile)
+    def heatmaps(self, normalize: Normalize | str = "per_map", smooth: float = 0.0, on: str = "view") -> np.ndarray:
+        """``[K, H, W]`` float32 in [0, 1] at the size of the model-view image (``on="view"``), or of
+        the original picture (``on="original"``).
+
+        ``normalize`` is one of :data:`~explain.NORMALIZATIONS`, or ``"relative"``: divided by
+        the top class's map maximum (needs ``explain(..., relative=True)``), so weak evidence looks
+        weak. On the original, a squashed view's map is resized to the whole picture; a centre
+        crop's map covers the cropped part and is 0 elsewhere. ``smooth`` is σ in pixels of the
+        model view (scaled with the picture on the original).
+        """
+        peak = None
+        if normalize == RELATIVE:
+            if self.reference is None:
+                raise ExplainError("A scale relative to the top class needs explain(..., relative=True).")
+            peak, normalize = max(self.reference[1], 1e-12), "max"
+        clip = self.method_info.clip_percentile
+        if on == "view":
+            w, h = self.image.size
+            return render.heatmaps(self.maps, (h, w), normalize, smooth, clip, peak)
+        if on != "original":
+            raise ExplainError(f"Unknown target picture {on!r}: use 'view' or 'original'.")
+        if self.original is None or self.view_box is None:
+            raise ExplainError("This explanation does not keep its original picture; use on='view'.")
+        w0, h0 = self.original.size
+        x0, y0, x1, y1 = self.view_box
+        sigma = smooth * (x1 - x0) / max(self.image.size[0], 1)
+        inner = render.heatmaps(self.maps, (y1 - y0, x1 - x0), normalize, sigma, clip, peak)
+        if (x0, y0, x1, y1) == (0, 0, w0, h0):
+            return inner
+        out = np.zeros((inner.shape[0], h0, w0), np.float32)
+        out[:, y0:y1, x0:x1] = inner
+        return out
 
     def overlays(
         self,
-        normalize: Normalize = "per_map",
+        normalize: Normalize | str = "per_map",
         colormap: str = "jet",
         alpha: float = 0.5,
         smooth: float = 0.0,
         contour: bool = False,
         box: bool = False,
+        *,
+        mode: str = "blend",
+        heat_weight: float = 0.5,
+        image_weight: float = 1.0,
+        on: str = "view",
     ) -> list[Image.Image]:
-        """One overlay picture per target."""
+        """One overlay picture per target (see :func:`explain.render.overlay` for ``mode`` and the
+        weights; ``on="original"`` draws on the picture as given, the part a centre crop cut off dimmed)."""
+        base, inside = self.image, None
+        if on == "original":
+            base = self.original
+            w0, h0 = base.size
+            x0, y0, x1, y1 = self.view_box
+            if (x0, y0, x1, y1) != (0, 0, w0, h0):
+                inside = np.zeros((h0, w0), bool)
+                inside[y0:y1, x0:x1] = True
         return [
-            render.overlay(self.image, h, colormap, alpha, contour=contour, box=box)
-            for h in self.heatmaps(normalize, smooth)
+            render.overlay(base, h, colormap, alpha, contour=contour, box=box, mode=mode, heat_weight=heat_weight,
+                           image_weight=image_weight, inside=inside)
+            for h in self.heatmaps(normalize, smooth, on=on)
         ]
 
     def prob(self, cls: int) -> float:
@@ -75,31 +143,45 @@ def explain(
     options: dict[str, object] | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
+    polarity: str = "auto",
+    relative: bool = False,
 ) -> Explanation:
     """Explain ``model``'s prediction on ``image`` for ``targets`` (default: the top-1 class).
 
     The forward pass of (model, image, layer) is kept by the model, so calling again with other
     targets or another method of the same layer costs only a batched backward through the head.
     ``options`` are the method's own parameters (``get_method(method).params`` declares them).
+    ``polarity`` (greyscale models): ``"auto"`` reads from the picture whether it is drawn dark on
+    light or light on dark, or say which; a picture drawn the other way round from the model's
+    training pictures is flipped. ``relative`` also computes the top class's map (same method and
+    layer) so that ``heatmaps("relative")`` and :meth:`Explanation.strength` can compare with it.
     """
     check_image_and_fit(image, fit, "explain")
+    check_polarity(polarity)
     m = get_method(method)
     opts = m.options(options)
     if not m.on_input:
         m.check(model, layer or model.default_layer)
     notices: list[str] = []
+    extra = (image, fit, polarity, relative)
     try:
-        view, x = model.view_and_tensor(image, fit)  # moving the input to the GPU can run out too
-        return _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices)
+        view, x = model.view_and_tensor(image, fit, polarity)  # moving the input to the GPU can run out too
+        return _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices, extra)
     except torch.cuda.OutOfMemoryError:
         fallback = model.cpu_twin()
         notices.append("The GPU ran out of memory; this explanation was computed on the CPU instead.")
         model.clear_cache()
-        view, x = fallback.view_and_tensor(image, fit)
-        return _run(fallback, m, view, x, targets, layer, top_k, opts, progress, cancel, notices)
+        view, x = fallback.view_and_tensor(image, fit, polarity)
+        return _run(fallback, m, view, x, targets, layer, top_k, opts, progress, cancel, notices, extra)
 
 
-def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices) -> Explanation:
+def empty_notice(name: str) -> str:
+    """What is said instead of a picture when a class's map is zero everywhere."""
+    return f"No part of the picture raises the score of '{name}' at this layer (its map is zero everywhere)."
+
+
+def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices, extra) -> Explanation:
+    image, fit, polarity, relative = extra
     cap_layer = m.capture_layer(model, layer)
     cap = model.capture(x, cap_layer)
     probs = cap.probs.detach().cpu()
@@ -108,7 +190,22 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
         classes = [predictions[0][0]]
     else:
         classes = _class_indices(model, targets)
-    maps = m.maps(model, cap, classes, progress=progress, cancel=cancel, options=opts)
+    top1 = predictions[0][0]
+    wanted = classes + ([top1] if relative and top1 not in classes else [])
+    all_maps = m.maps(model, cap, wanted, progress=progress, cancel=cancel, options=opts)
+    maps = all_maps[: len(classes)]
+    reference = None
+    if relative:
+        ref = all_maps[wanted.index(top1)].detach().float().cpu()
+        # Sparse maps (input gradients) take a high percentile as their top, as their own scale does.
+        peak = float(torch.quantile(ref.flatten(), m.clip_percentile / 100.0)) if m.clip_percentile else float(ref.max())
+        reference = (top1, max(peak, 0.0))
+    maps = maps.detach().to("cpu", torch.float32)
+    for i, c in enumerate(classes):
+        if not bool((maps[i] > 0).any()):
+            notices.append(empty_notice(model.categories[c]))
+    reading = model.preprocess.read(view, polarity)
+    original = image.convert("RGB") if image.mode != "RGB" else image
     return Explanation(
         model_name=model.name,
         layer=cap_layer,
@@ -116,11 +213,17 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
         targets=classes,
         target_names=[model.categories[c] for c in classes],
         predictions=predictions,
-        maps=maps.detach().to("cpu", torch.float32),
+        maps=maps,
         image=view,
         probs=probs.numpy(),
         notices=notices,
         options=opts,
+        original=original,
+        view_box=model.preprocess.view_box(original.size, fit),
+        polarity=reading,
+        polarity_auto=polarity == "auto",
+        polarity_flipped=model.preprocess.flips(reading) != bool(model.preprocess.invert),
+        reference=reference,
     )
 
 
@@ -132,12 +235,12 @@ def top_predictions(probs: torch.Tensor, categories: Sequence[str], k: int = 5) 
 
 
 def predict_top(model: Model, image: Image.Image, fit: Fit = "squash", *, layer: str | None = None,
-                method: str = DEFAULT_METHOD, k: int = 5) -> list[tuple[int, str, float]]:
+                method: str = DEFAULT_METHOD, k: int = 5, polarity: str = "auto") -> list[tuple[int, str, float]]:
     """The top-``k`` predictions of ``image``, from the very capture an explanation by ``method``
     at ``layer`` will reuse (so predicting first costs no extra forward pass)."""
     check_image_and_fit(image, fit, "predict_top")
     m = get_method(method)
-    _view, x = model.view_and_tensor(image, fit)
+    _view, x = model.view_and_tensor(image, fit, check_polarity(polarity))
     cap = model.capture(x, m.capture_layer(model, layer))
     return top_predictions(cap.probs, model.categories, k)
 

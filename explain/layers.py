@@ -9,7 +9,7 @@ folds into a square grid (vision transformers). Discovery runs one forward pass 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -32,6 +32,16 @@ class LayerInfo:
     prefix_tokens: int = 0  # class/distillation tokens dropped before folding tokens into a grid
     cam_linear: str | None = None  # name of the linear layer if CAM is exact at this layer
     cam_reason: str = ""  # why CAM is not exact here, in words
+    #: Why maps here say nothing, when they cannot (e.g. only a vision transformer's class token
+    #: leaves this layer for the classifier, so every map is zero by construction); "" otherwise.
+    note: str = ""
+
+
+#: The note of a transformer layer whose patch tokens never reach the classifier.
+CLASS_TOKEN_ONLY = (
+    "only the class token leaves this layer for the classifier (no attention mixes the patch tokens "
+    "into it any more), so every map here is zero by construction; choose an earlier layer"
+)
 
 
 @dataclass
@@ -161,8 +171,59 @@ def discover(root: nn.Module, example: torch.Tensor) -> LayerTable:
         table.layers.append(
             LayerInfo(name, (int(c), int(h), int(w)), layout, prefix, cam_linear, reason)
         )
+    tokens = [i.name for i in table.layers if i.layout == "tokens"]
+    if tokens:
+        dead = _class_token_only(root, example, tokens, {n: m for m, n in names.items()}, table)
+        table.layers = [replace(i, note=CLASS_TOKEN_ONLY) if i.name in dead else i for i in table.layers]
     table.default = _default_layer(root, table, outputs, modules)
     return table
+
+
+def _class_token_only(root: nn.Module, example: torch.Tensor, candidates: list[str],
+                      modules: dict[str, nn.Module], table: LayerTable) -> set[str]:
+    """Token layers whose patch tokens get no gradient from the features the classifier reads.
+
+    One forward and backward pass at load time (before the model is shared). The gradient is
+    taken of the input of the last linear layer, not of the logits: a freshly initialised
+    torchvision ViT has an all-zero head, which would make every layer look dead.
+    """
+    outs: dict[str, torch.Tensor] = {}
+    head_in: list[torch.Tensor] = []
+    last_linear = [m for m in root.modules() if isinstance(m, nn.Linear)][-1:]
+
+    def keep(name: str):
+        def hook(_m: nn.Module, _i: object, out: object) -> None:
+            if isinstance(out, torch.Tensor) and name not in outs:
+                outs[name] = out
+        return hook
+
+    def keep_input(_m: nn.Module, inp: object) -> None:
+        if isinstance(inp, tuple) and inp and isinstance(inp[0], torch.Tensor):
+            head_in[:] = [inp[0]]
+
+    handles = [modules[n].register_forward_hook(keep(n)) for n in candidates]
+    handles += [m.register_forward_pre_hook(keep_input) for m in last_linear]
+    try:
+        with torch.enable_grad():
+            x = example.detach().clone().normal_(generator=torch.Generator(device=example.device).manual_seed(0))
+            x.requires_grad_(True)
+            logits = root(x)
+            target = head_in[0] if head_in else logits
+            live = [n for n in candidates if n in outs and outs[n].requires_grad]
+            if not live or not target.requires_grad:
+                return set()
+            weights = torch.randn(target.shape, generator=torch.Generator().manual_seed(0)).to(target)
+            grads = torch.autograd.grad((target * weights).sum(), [outs[n] for n in live], allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    dead: set[str] = set()
+    for name, g in zip(live, grads):
+        info = table.get(name)
+        patches = None if g is None else g[:, info.prefix_tokens :] if info is not None else g
+        if patches is None or not bool((patches != 0).any()):
+            dead.add(name)
+    return dead
 
 
 def _cam_head(

@@ -134,6 +134,7 @@ def deletion_insertion(
     baseline: Baseline | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
+    polarity: str = "auto",
 ) -> FaithfulnessResult:
     """Deletion and/or insertion curves of class ``cls`` when pixels go in the order of ``heat``.
 
@@ -153,7 +154,7 @@ def deletion_insertion(
     steps = _positive_int(steps, "steps")
     batch_size = _positive_int(batch_size, "batch_size")
     c = model.class_index(cls)
-    view, x = model.view_and_tensor(image, fit)
+    view, x = model.view_and_tensor(image, fit, polarity)  # greyscale: read as explain() reads it
     size = (view.size[1], view.size[0])
     order = _order(heat, ranking, size)
 
@@ -168,10 +169,10 @@ def deletion_insertion(
     # Each job: (mask count, "replace" tensor for the top pixels, "keep" tensor for the rest).
     jobs: list[tuple[int, torch.Tensor, torch.Tensor]] = []
     if do_del:
-        b = _baseline_tensor(model, view, del_base)
+        b = _baseline_tensor(model, view, del_base, polarity)
         jobs += [(int(n), b, x) for n in counts]  # top-n pixels become the baseline
     if do_ins:
-        b = _baseline_tensor(model, view, ins_base)
+        b = _baseline_tensor(model, view, ins_base, polarity)
         jobs += [(int(n), x, b) for n in counts]  # top-n pixels are the real ones, the rest baseline
 
     # rank[p] = position of pixel p in the order; "pixel p is among the top n" is rank[p] < n.
@@ -248,6 +249,7 @@ def compare_methods(
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
     seed: int = 0,
+    polarity: str = "auto",
 ) -> list[MethodComparison]:
     """Curves and areas for each method's pixel order, then for a seeded random order.
 
@@ -286,7 +288,8 @@ def compare_methods(
             heat, ranking = None, random_ranking(size, seed, grid=random_grid)
         else:
             try:
-                r = _explain(model, image, targets=[c], layer=layer, method=name, fit=fit, cancel=cancel)
+                r = _explain(model, image, targets=[c], layer=layer, method=name, fit=fit, cancel=cancel,
+                             polarity=polarity)
             except MethodNotApplicableError as e:
                 rows.append(MethodComparison(name, get_method(name).title, error=str(e)))
                 total -= per_run
@@ -297,7 +300,7 @@ def compare_methods(
             ranking = None
             row_heat = r.heatmaps("per_map")[0]
         res = deletion_insertion(
-            model, image, c, heat, ranking=ranking, steps=steps, mode=mode, fit=fit,
+            model, image, c, heat, ranking=ranking, steps=steps, mode=mode, fit=fit, polarity=polarity,
             batch_size=batch_size, progress=sub_progress, cancel=cancel,
         )
         done_before += per_run
@@ -373,12 +376,15 @@ def _order(heat: np.ndarray | None, ranking: np.ndarray | None, size: tuple[int,
     return ranking_from_heat(h)
 
 
-def _baseline_tensor(model: Model, view: Image.Image, baseline: str) -> torch.Tensor:
+def _baseline_tensor(model: Model, view: Image.Image, baseline: str, polarity: str = "auto") -> torch.Tensor:
     """The normalised tensor of the baseline picture, made in pixel space from the model view."""
     rgb = view.convert("RGB")
+    # Every baseline picture is read the way the picture itself was (a masked digit must not
+    # switch polarity half-way along a curve).
+    reading = model.preprocess.read(view, polarity)
     if baseline == "zero":
-        # Black as the *model* sees it: for inverting (digit) models that is a white picture.
-        colour = (255, 255, 255) if model.preprocess.invert else (0, 0, 0)
+        # Black as the *model* sees it: for a picture the model flips, that is a white picture.
+        colour = (255, 255, 255) if model.preprocess.flips(reading) else (0, 0, 0)
         pic = Image.new("RGB", rgb.size, colour)
     elif baseline == "mean":
         mean = np.asarray(rgb, dtype=np.float64).reshape(-1, 3).mean(axis=0)
@@ -388,7 +394,7 @@ def _baseline_tensor(model: Model, view: Image.Image, baseline: str) -> torch.Te
         pic = rgb.filter(ImageFilter.GaussianBlur(radius=sigma))
     else:  # pragma: no cover - validated by the caller
         raise ExplainError(f"Unknown baseline {baseline!r}: use one of {', '.join(BASELINES)}.")
-    return model.preprocess.to_tensor(pic).to(model.device)
+    return model.preprocess.to_tensor(pic, reading).to(model.device)
 
 
 __all__ = [

@@ -342,14 +342,21 @@ class Model:
         return index
 
     # ---- computation -------------------------------------------------------------------------
-    def view_and_tensor(self, image: Image.Image, fit: Fit = "squash") -> tuple[Image.Image, torch.Tensor]:
-        """The model's view of ``image`` (PIL) and its normalised input tensor on the model's device."""
+    def view_and_tensor(self, image: Image.Image, fit: Fit = "squash", polarity: str = "auto") -> tuple[Image.Image, torch.Tensor]:
+        """The model's view of ``image`` (PIL) and its normalised input tensor on the model's device.
+
+        ``polarity`` (greyscale models): how the picture is drawn, ``"auto"`` to read it from the
+        picture (see :meth:`Preprocess.read`).
+        """
         view = self.preprocess.view(image, fit)
-        x = self.preprocess.to_tensor(view).to(self.device)
+        reading = self.preprocess.read(view, polarity)
+        x = self.preprocess.to_tensor(view, reading).to(self.device)
         # The tensor is a pure function of the 8-bit view (the preprocessing is fixed per model), so
         # the view's bytes (4× fewer than the float tensor's) key the capture cache. Remembered by
         # the tensor's identity and version: an in-place change falls back to hashing the tensor.
         key = "v" + hashlib.sha256(view.tobytes()).hexdigest()[:32] + f"{view.mode}{view.size}{tuple(x.shape)}"
+        if self.preprocess.flips(reading):
+            key += "~flipped"  # the same view read the other way round is another input
         self._input_keys[id(x)] = (key, x._version)
         weakref.finalize(x, self._input_keys.pop, id(x), None)
         return view, x

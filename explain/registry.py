@@ -26,7 +26,7 @@ from .model import Model
 from .preprocess import Preprocess
 
 __all__ = [
-    "DEFAULT_MODEL", "ModelInfo", "checkpoint_dir", "get_spec", "imagenet_categories", "list_models",
+    "DEFAULT_MODEL", "ModelInfo", "checkpoint_dir", "download_weights", "get_spec", "imagenet_categories", "list_models",
     "load_model", "model_names", "torchvision_names", "weights_file",
 ]
 
@@ -198,6 +198,15 @@ def _ensure_downloaded(name: str, w, progress: DownloadProgress | None) -> None:
         raise _unavailable(name, w, f"{type(errors[0]).__name__}: {errors[0]}") from errors[0]
     if progress is not None:
         progress(total, total)
+
+
+def download_weights(name: str, weights: str = "default", *, progress: DownloadProgress | None = None) -> str:
+    """Make sure the torchvision weights of ``name`` are in the hub cache (downloading them, checked
+    against the SHA-256 prefix in their published file name); returns the file's path."""
+    get_spec(name)  # UnknownModelError for a bad name
+    w = _weights_enum(name, weights)
+    _ensure_downloaded(name, w, progress)
+    return weights_file(name, w.name)
 
 
 def _build_with_cached(name: str, w) -> torch.nn.Module:

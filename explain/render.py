@@ -17,9 +17,17 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .errors import ExplainError
 
-Normalize = Literal["per_map", "shared"]
-NORMALIZATIONS: tuple[str, ...] = ("per_map", "shared")
-COLORMAPS: tuple[str, ...] = ("jet", "viridis", "inferno", "turbo", "magma", "plasma", "gray")
+Normalize = Literal["per_map", "shared", "max"]
+NORMALIZATIONS: tuple[str, ...] = ("per_map", "shared", "max")
+#: OpenCV's own JET (``cv2.applyColorMap(..., cv2.COLORMAP_JET)``), which differs from matplotlib's
+#: ``jet`` by up to 34/255: what the OpenCV-based lessons draw.
+CV2_JET = "cv2_jet"
+COLORMAPS: tuple[str, ...] = ("jet", CV2_JET, "viridis", "inferno", "turbo", "magma", "plasma", "bwr", "gray")
+#: How the coloured map meets the picture: ``blend`` (opacity), ``add`` (``heat_weight·heat +
+#: image_weight·image``, clipped, as ``cv2.addWeighted``), ``multiply`` (the picture weighted by the map).
+OVERLAY_MODES: tuple[str, ...] = ("blend", "add", "multiply")
+#: Brightness of the parts of an original picture the model did not see (centre crop).
+DIM_OUTSIDE = 0.35
 REGION_THRESHOLD = 0.5  # the "top-activated region": heat at least half of the map's maximum
 
 _EPS = 1e-12
@@ -46,12 +54,15 @@ def single_map(heat: torch.Tensor | np.ndarray, what: str = "A heatmap", dtype=n
 
 
 def normalize_maps(
-    maps: torch.Tensor | np.ndarray, mode: Normalize = "per_map", clip_percentile: float | None = None
+    maps: torch.Tensor | np.ndarray, mode: Normalize = "per_map", clip_percentile: float | None = None,
+    peak: float | None = None,
 ) -> np.ndarray:
     """Scale maps ``[K, h, w]`` to [0, 1].
 
     ``per_map``: min–max of each map on its own (every map gets a full-scale peak);
-    ``shared``: one min–max over all maps, so weak evidence for a class looks weak.
+    ``shared``: one min–max over all maps, so weak evidence for a class looks weak;
+    ``max``: each map (negative values cut to 0) divided by its maximum, as the lessons do, or by
+    ``peak`` when given (e.g. the top class's maximum: a scale relative to the top class).
     ``clip_percentile`` (e.g. 99) takes that percentile as the top of the scale instead of the
     maximum: input-gradient maps are so sparse that a handful of pixels would otherwise take the
     whole colour range.
@@ -59,6 +70,16 @@ def normalize_maps(
     m = _as_numpy(maps)
     if m.ndim == 2:
         m = m[None]
+    if mode == "max":
+        m = np.maximum(m, 0.0)
+        if peak is not None:
+            hi = np.full((1, 1, 1), float(peak), np.float32)
+        elif clip_percentile is not None and m.size:
+            hi = np.percentile(m, clip_percentile, axis=(1, 2), keepdims=True).astype(np.float32)
+        else:
+            hi = m.max(axis=(1, 2), keepdims=True)
+        out = np.where(hi > _EPS, m / np.maximum(hi, _EPS), 0.0)
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
     if mode == "per_map":
         lo = m.min(axis=(1, 2), keepdims=True)
         if clip_percentile is not None and m.size:
@@ -98,18 +119,39 @@ def heatmaps(
     normalize: Normalize = "per_map",
     sigma: float = 0.0,
     clip_percentile: float | None = None,
+    peak: float | None = None,
 ) -> np.ndarray:
     """Raw maps → ``[K, H, W]`` float32 in [0, 1] at ``size``: normalise, upsample, smooth."""
-    normed = normalize_maps(maps, normalize, clip_percentile)
+    normed = normalize_maps(maps, normalize, clip_percentile, peak)
     return np.clip(smooth(upsample(normed, size), sigma), 0.0, 1.0)
 
 
-def colorize(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
-    """``[H, W]`` in [0, 1] → ``[H, W, 3]`` uint8 RGB through a matplotlib colormap."""
+def _cv2_lut(cv2_map: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """OpenCV's colormap as a ``[256, 3]`` uint8 RGB table."""
+    grey = np.arange(256, dtype=np.uint8)[:, None]
+    return cv2.cvtColor(cv2.applyColorMap(grey, cv2_map), cv2.COLOR_BGR2RGB)[:, 0]
+
+
+def mpl_colormap(colormap: str) -> "matplotlib.colors.Colormap":
+    """The matplotlib colormap of a name in :data:`COLORMAPS` (OpenCV's JET as a 256-colour table)."""
+    if colormap == CV2_JET:
+        from matplotlib.colors import ListedColormap
+
+        return ListedColormap(_cv2_lut() / 255.0, name=CV2_JET)
     try:
-        cmap = matplotlib.colormaps[colormap]
+        return matplotlib.colormaps[colormap]
     except KeyError:
         raise ExplainError(f"Unknown colormap {colormap!r}: try one of {', '.join(COLORMAPS)}.") from None
+
+
+def colorize(heat: np.ndarray, colormap: str = "jet") -> np.ndarray:
+    """``[H, W]`` in [0, 1] → ``[H, W, 3]`` uint8 RGB through a matplotlib colormap.
+
+    ``cv2_jet`` is exactly ``cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)`` (as RGB).
+    """
+    if colormap == CV2_JET:
+        return _cv2_lut()[(np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8)]
+    cmap = mpl_colormap(colormap)
     rgba = cmap(np.clip(heat, 0.0, 1.0))
     return (rgba[..., :3] * 255.0 + 0.5).astype(np.uint8)
 
@@ -141,16 +183,41 @@ def overlay(
     contour: bool = False,
     box: bool = False,
     threshold: float = REGION_THRESHOLD,
+    *,
+    mode: str = "blend",
+    heat_weight: float = 0.5,
+    image_weight: float = 1.0,
+    inside: np.ndarray | None = None,
 ) -> Image.Image:
-    """Alpha-blend a coloured ``[H, W]`` heatmap over ``image`` (resized to the image if needed)."""
+    """A coloured ``[H, W]`` heatmap laid over ``image`` (resized to the image if needed).
+
+    ``mode``: ``blend`` (``(1 - alpha)·image + alpha·colour``), ``add``
+    (``cv2.addWeighted(colour, heat_weight, image, image_weight, 0)``) or ``multiply`` (the picture
+    times the map, so only what the map highlights stays visible). ``inside`` (boolean ``[H, W]``)
+    marks the part of the picture the model saw; the rest is shown dimmed, without colour.
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ExplainError(f"Overlay opacity must be between 0 and 1, not {alpha}.")
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    if mode not in OVERLAY_MODES:
+        raise ExplainError(f"Unknown overlay mode {mode!r}: use one of {', '.join(OVERLAY_MODES)}.")
+    for what, v in (("heat", heat_weight), ("image", image_weight)):
+        if not (np.isfinite(v) and 0.0 <= v <= 10.0):
+            raise ExplainError(f"The {what} weight must be a number between 0 and 10, not {v}.")
+    rgb = np.asarray(image.convert("RGB"))
+    base = rgb.astype(np.float32)
     h, w = base.shape[:2]
     if heat.shape != (h, w):
         heat = upsample(heat[None], (h, w))[0]
-    colour = colorize(heat, colormap).astype(np.float32)
-    out = np.clip((1.0 - alpha) * base + alpha * colour, 0, 255).astype(np.uint8)
+    if mode == "add":
+        out = cv2.addWeighted(colorize(heat, colormap), float(heat_weight), np.ascontiguousarray(rgb),
+                              float(image_weight), 0.0)
+    elif mode == "multiply":
+        out = np.clip(base * np.clip(heat, 0.0, 1.0)[..., None], 0, 255).astype(np.uint8)
+    else:
+        colour = colorize(heat, colormap).astype(np.float32)
+        out = np.clip((1.0 - alpha) * base + alpha * colour, 0, 255).astype(np.uint8)
+    if inside is not None:
+        out = np.where(inside[..., None], out, (base * DIM_OUTSIDE).astype(np.uint8))
     if contour or box:
         out = np.ascontiguousarray(out)
         thickness = max(1, round(min(h, w) / 150))
@@ -180,7 +247,7 @@ def heatmap_figure(raw: np.ndarray | torch.Tensor, colormap: str = "jet", title:
     fig = Figure(figsize=(4, 3.45 if title else 3.1), dpi=100)
     ax = fig.add_axes((0.02, 0.02, 0.74, top - 0.02))
     cax = fig.add_axes((0.80, 0.08, 0.045, top - 0.14))
-    im = ax.imshow(m, cmap=colormap, interpolation="nearest")
+    im = ax.imshow(m, cmap=mpl_colormap(colormap), interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
@@ -209,7 +276,13 @@ def grid(
     for i, t in enumerate(tiles):
         r, c = divmod(i, columns)
         x, y = c * tile, r * (tile + cap_h)
-        sheet.paste(t.convert("RGB").resize((tile, tile)), (x, y))
+        pic = t.convert("RGB")
+        if pic.width != pic.height:  # an overlay on a non-square original keeps its proportions
+            scale = tile / max(pic.size)
+            pic = pic.resize((max(1, round(pic.width * scale)), max(1, round(pic.height * scale))))
+            sheet.paste(pic, (x + (tile - pic.width) // 2, y + (tile - pic.height) // 2))
+        else:
+            sheet.paste(pic.resize((tile, tile)), (x, y))
         if captions and i < len(captions):
             draw.text((x + 4, y + tile + 4), str(captions[i])[:40], fill="black", font=font)
     return sheet

@@ -99,6 +99,7 @@ def walkthrough(
     method: str = TEACH_GRADCAM,
     top_channels: int = 4,
     fit: Fit = "squash",
+    polarity: str = "auto",
 ) -> Walkthrough:
     """Compute the lesson's numbers for class ``cls`` of ``image`` at ``layer`` (default layer).
 
@@ -121,7 +122,7 @@ def walkthrough(
         get_method(TEACH_CAM).check(model, info.name)
     c = model.class_index(cls)
 
-    view, x = model.view_and_tensor(image, fit)
+    view, x = model.view_and_tensor(image, fit, polarity)  # greyscale: read as explain() reads it
     cap = model.capture(x, info.name)
     # The map is computed on the model's device with explain.methods' own operations, so that
     # `relu` is explain()'s map to the last bit; everything is handed out as CPU numpy.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from ui import compute, page, pictures, report, resources, share, state, text, widgets
+from ui import compute, course, page, pictures, report, resources, share, state, text, widgets
 
 COLUMNS = 5
 MAX_CLASSES = 10
@@ -41,12 +41,25 @@ with page.guard("comparing classes"):
         "Classes", range(m.num_classes), key=state.COMPARE_CLASSES, max_selections=MAX_CLASSES,
         format_func=lambda i: text.class_label(categories, i), placeholder="Type to search classes…",
     )
-    course = widgets.course_classes(m)
-    if course:
+    lesson = widgets.course_classes(m)
+    if lesson:
         buttons.button(
-            "Course classes", on_click=widgets.on_change_set(state.COMPARE_CLASSES, lambda: list(course)),
-            help=", ".join(widgets.COURSE_CLASSES), width="stretch",
+            "Lesson classes", on_click=widgets.on_change_set(state.COMPARE_CLASSES, lambda: list(lesson)),
+            help="The lesson's nine classes, with its ids: " + ", ".join(widgets.COURSE_CLASSES), width="stretch",
         )
+    for wrong, label, name, right in course.corrections(m):
+        if wrong in ss[state.COMPARE_CLASSES]:
+            note, fix = st.columns([4, 1], vertical_alignment="center")
+            note.caption(text.md_escape(course.correction_text(wrong, label, name, right)))
+            if right is not None:
+                fix.button(
+                    f"Use {right}", key=f"cx.compare.fix.{wrong}", width="stretch",
+                    on_click=widgets.on_change_set(
+                        state.COMPARE_CLASSES,
+                        lambda w=wrong, r=right: course.replace_in(list(st.session_state[state.COMPARE_CLASSES]), w, r),
+                    ),
+                    help=f"Replace {wrong} ({name}) by {right} ({m.categories[right]}).",
+                )
     shared = st.toggle(
         "Shared scale", key=state.SHARED_SCALE,
         on_change=widgets.on_change_set(
@@ -66,7 +79,9 @@ with page.guard("comparing classes"):
         st.warning(text.md_escape(err))
         st.stop()
     tiles = compute.overlays(r, sel, normalize="shared" if shared else "per_map")
-    captions = [f"{text.class_label(categories, cls)} — {text.percent(r.prob(cls))}" for cls in r.targets]
+    # A map that is zero everywhere says so under its tile (and in a notice below), not as a flat colour alone.
+    captions = [f"{text.class_label(categories, cls)} — {text.percent(r.prob(cls))}"
+                + (" — no part raises this score" if r.empty(i) else "") for i, cls in enumerate(r.targets)]
     for row in range(0, len(tiles), COLUMNS):
         cols = st.columns(COLUMNS)
         for col, tile, caption in zip(cols, tiles[row : row + COLUMNS], captions[row : row + COLUMNS]):

@@ -188,7 +188,7 @@ def deletion_insertion_section(m: explain.Model, sel: state.Selection, class_nam
         st.info("Pick at least one method above.")
         return
     context = (m.name, sel.image_digest, sel.target, sel.layer)
-    run = (*context, tuple(methods), int(steps), sel.fit)
+    run = (*context, tuple(methods), int(steps), sel.fit, sel.polarity)
     rows = _recall(FAITH_RUNS, run)
     if rows is None:
         images = (int(steps) + 1) * 2 * (len(methods) + 1)
@@ -203,7 +203,7 @@ def deletion_insertion_section(m: explain.Model, sel: state.Selection, class_nam
         beat = st.empty()
         try:
             rows = explain.metrics.compare_methods(
-                m, sel.image, sel.target, methods, layer=sel.layer, steps=int(steps), fit=sel.fit,
+                m, sel.image, sel.target, methods, layer=sel.layer, steps=int(steps), fit=sel.fit, polarity=sel.polarity,
                 progress=compute.progress_callback(bar, "Deletion & insertion: {done} of {total} pictures"),
                 cancel=compute.heartbeat(beat, "Computing the maps"),
             )

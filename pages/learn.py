@@ -189,7 +189,7 @@ with page.guard("preparing the lesson"):
     class_name = m.categories[sel.target]
     st.header("Learn: how CAM and Grad-CAM draw their maps")
     grad = walkthrough(m, sel.image, sel.target, layer=sel.layer, method=explain.TEACH_GRADCAM, top_channels=TOP_CHANNELS,
-                       fit=sel.fit)
+                       fit=sel.fit, polarity=sel.polarity)
     st.caption(
         f"Live numbers for {text.md_escape(text.class_label(m.categories, sel.target))} "
         f"({text.percent(grad.prob)}) on {text.md_escape(sel.image_label)} · model {text.md_escape(m.name)} "
@@ -203,7 +203,7 @@ with page.guard("preparing the lesson"):
     reason: str | None = None
     try:
         cam = walkthrough(m, sel.image, sel.target, layer=sel.layer, method=explain.TEACH_CAM, top_channels=TOP_CHANNELS,
-                          fit=sel.fit)
+                          fit=sel.fit, polarity=sel.polarity)
     except explain.MethodNotApplicableError as err:
         reason = str(err)
     st.divider()

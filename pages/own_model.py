@@ -33,7 +33,14 @@ _LOG = logging.getLogger("cam_explorer")
 
 def arch_label(arch: str) -> str:
     """Picker text of an architecture."""
-    return f"{arch} (built-in LeNet-style CNN, 32×32)" if arch == custom.LENET else arch
+    if arch == custom.LENET:
+        return f"{arch} (built-in LeNet-style CNN, 32×32)"
+    if arch == MNIST_LENET:
+        return f"{arch} (the MNIST lesson's LeNet, 28×28, .ckpt from PyTorch Lightning too)"
+    return arch
+
+
+MNIST_LENET = "mnist_lenet"
 
 
 def parse_floats(text: str, what: str) -> tuple[float, ...] | None:
@@ -54,12 +61,16 @@ def parse_floats(text: str, what: str) -> tuple[float, ...] | None:
 
 def build(
     arch: str, weights: io.BytesIO, labels_file: io.BytesIO | None, size: int, mean_text: str, std_text: str,
-    invert: bool,
+    polarity: str = "auto",
 ) -> resources.UploadedModel:
-    """Read the uploads and build the model (raises ExplainError with what to fix)."""
+    """Read the uploads and build the model (raises ExplainError with what to fix).
+
+    ``polarity``: how the training pictures were drawn; ``"auto"`` takes the file's own setting
+    (a .safetensors ``invert`` hint), else the architecture's; a choice here overrides the file.
+    """
     data = weights.getvalue()
     labels_data = labels_file.getvalue() if labels_file is not None else b""
-    options = repr((arch, size, mean_text, std_text, invert, labels_file.name if labels_file is not None else ""))
+    options = repr((arch, size, mean_text, std_text, polarity, labels_file.name if labels_file is not None else ""))
     digest = hashlib.blake2b(data + b"\0" + labels_data + b"\0" + options.encode(), digest_size=12).hexdigest()
     mine = resources.uploaded_model()
     if mine is not None and mine.digest == digest:
@@ -73,11 +84,12 @@ def build(
         labels = hints.get("categories")
     mean = parse_floats(mean_text, "mean") or hints.get("mean")
     std = parse_floats(std_text, "std") or hints.get("std")
+    if polarity == "auto" and hints.get("invert"):
+        polarity = "light_on_dark"  # the file's network was trained on inverted (light-on-dark) input
     try:
         model = explain.build_custom(
             arch, state_dict, source=weights.name, labels=labels, input_size=size or hints.get("input_size"),
-            mean=mean, std=std, invert=invert or bool(hints.get("invert", False)),
-            name=f"uploaded:{weights.name}:{digest[:8]}",
+            mean=mean, std=std, polarity=polarity, name=f"uploaded:{weights.name}:{digest[:8]}",
         )
     except explain.WeightsMismatchError:
         raise
@@ -85,7 +97,7 @@ def build(
         if labels_file is None and labels is not None:  # the file's own names did not fit: number them
             model = explain.build_custom(
                 arch, state_dict, source=weights.name, input_size=size or hints.get("input_size"), mean=mean,
-                std=std, invert=invert or bool(hints.get("invert", False)), name=f"uploaded:{weights.name}:{digest[:8]}",
+                std=std, polarity=polarity, name=f"uploaded:{weights.name}:{digest[:8]}",
             )
         else:
             raise
@@ -113,8 +125,8 @@ def summary(mine: resources.UploadedModel) -> None:
     m = mine.model
     pre = m.preprocess
     colour = "greyscale" if pre.in_channels == 1 else f"{pre.in_channels} channels (colour)"
-    if pre.invert:
-        colour += ", inverted (light strokes on dark)"
+    if pre.in_channels == 1:
+        colour += f", trained on {text.POLARITY_WORDS[pre.trained_polarity]} (pictures drawn the other way are inverted)"
     names = ", ".join(text.class_label(m.categories, i) for i in range(min(MAX_SHOWN_CLASSES, m.num_classes)))
     more = f" … and {m.num_classes - MAX_SHOWN_CLASSES} more" if m.num_classes > MAX_SHOWN_CLASSES else ""
     labels = mine.labels_name or "none (classes are numbered, or named by the weights file)"
@@ -160,7 +172,8 @@ with page.guard("loading your model"):
     # every rerun); the engine's readers give a specific message for any file instead.
     weights = st.file_uploader(
         "Weights (state_dict)", key=state.OWN_WEIGHTS, max_upload_size=MAX_WEIGHTS_MB,
-        help=f".pt/.pth from torch.save(model.state_dict(), …) or .safetensors, up to {MAX_WEIGHTS_MB} MB.",
+        help=f".pt/.pth from torch.save(model.state_dict(), …), a PyTorch Lightning .ckpt, or .safetensors, "
+        f"up to {MAX_WEIGHTS_MB} MB.",
     )
     labels_file = st.file_uploader(
         "Class names (optional)", key=state.OWN_LABELS,
@@ -174,8 +187,14 @@ with page.guard("loading your model"):
                                   key=state.OWN_MEAN, placeholder="0.485, 0.456, 0.406")
         std_text = st.text_input("Normalisation std, one per channel (empty: the architecture's own)",
                                  key=state.OWN_STD, placeholder="0.229, 0.224, 0.225")
-        invert = st.checkbox("Greyscale model trained on light strokes on a dark background (invert the input)",
-                             key=state.OWN_INVERT)
+        ss.setdefault(state.OWN_POLARITY, "auto")
+        own_polarity = st.radio(
+            "Greyscale models: the training pictures were drawn", explain.POLARITIES, key=state.OWN_POLARITY,
+            horizontal=True, format_func=lambda p: "automatic (the file's or the architecture's own)" if p == "auto"
+            else state.POLARITY_LABELS[p],
+            help="MNIST draws light strokes on a dark background. Each picture's own polarity is read from it, "
+            "and a picture drawn the other way round is inverted. A choice here overrides the file's setting.",
+        )
         st.caption("Greyscale or colour is read from the weights (the first convolution's input channels); "
                    "pictures are converted to what the model takes. A .safetensors file's own settings are "
                    "used for anything left empty here.")
@@ -185,7 +204,7 @@ with page.guard("loading your model"):
     if ss.pop(state.OWN_BUILD, False) and weights is not None:
         try:
             with st.spinner("Building your model…"):
-                built = build(arch, weights, labels_file, int(size or 0), mean_text, std_text, bool(invert))
+                built = build(arch, weights, labels_file, int(size or 0), mean_text, std_text, str(own_polarity))
         except explain.ExplainError as err:
             st.error(text.md_escape(f"{err} Check the architecture and the files, then try again."))
         except Exception as exc:  # noqa: BLE001 - e.g. an input size too small for the architecture

@@ -85,14 +85,22 @@ def test_compare_classes_page(model: explain.Model) -> None:
     run_ok(at)
     assert main_images(at) == len(preds) - 1
 
-    [course] = [b for b in at.button if b.label == "Course classes"]
+    [course] = [b for b in at.button if b.label == "Lesson classes"]
     course.click()
     run_ok(at)
-    wanted = [model.class_index(n) for n in widgets.COURSE_CLASSES]
+    wanted = [157, 162, 245, 281, 285, 360, 537, 799, 918]  # the lesson's own ids, all nine
     assert widget(at, "multiselect", state.COMPARE_CLASSES).value == wanted
     captions = image_captions(at)
-    for name in widgets.COURSE_CLASSES:
-        assert any(escaped(name) in c for c in captions), name
+    for i in wanted:
+        assert any(escaped(ui_text.class_label(model.categories, i)) in c for c in captions), i
+    # Where the lesson's label is wrong the page says so, with the right id one click away.
+    notes = " ".join(c.value for c in at.main.caption)
+    assert "The lesson calls 157 'Siberian husky', but 157 is 'papillon'; 'Siberian husky' is 250." in notes.replace("\\", "")
+    assert "918 is 'crossword puzzle'; 'street sign' is 919" in notes
+    [fix] = [b for b in at.button if b.label == "Use 919"]
+    fix.click()
+    run_ok(at)
+    assert widget(at, "multiselect", state.COMPARE_CLASSES).value == wanted[:-1] + [919]
     per_map = [img.value for img in at.main.image]
 
     widget(at, "toggle", state.SHARED_SCALE).set_value(True)
@@ -473,9 +481,12 @@ def test_overlays_reach_the_browser_pixel_exact(monkeypatch: pytest.MonkeyPatch)
     run_ok(at)
     target = widget(at, "selectbox", state.TARGET).value
     m = resources.get_model(DEFAULT)
-    r = explain.explain(m, explain.load_image(REPO / "assets" / "samples" / CAT), targets=[target], method="saliency")
-    expected = np.asarray(r.overlays()[0].convert("RGB"))
+    r = explain.explain(m, explain.load_image(REPO / "assets" / "samples" / CAT), targets=[target], method="saliency",
+                        relative=True)
+    # The page's defaults: relative to the top class, drawn on the original picture.
+    expected = np.asarray(r.overlays(explain.RELATIVE, on="original")[0].convert("RGB"))
     shown = [np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for mime, data in sent
-             if mime == "image/png" and Image.open(io.BytesIO(data)).size == r.image.size]
+             if mime == "image/png" and Image.open(io.BytesIO(data)).size == r.original.size]
     assert any(s.shape == expected.shape and np.array_equal(s, expected) for s in shown)
-    assert not [mime for mime, data in sent if Image.open(io.BytesIO(data)).size == r.image.size and mime != "image/png"]
+    assert not [mime for mime, data in sent if Image.open(io.BytesIO(data)).size in (r.image.size, r.original.size)
+                and mime != "image/png"]

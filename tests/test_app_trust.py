@@ -52,7 +52,8 @@ def open_page(page: str) -> object:
 
 
 def buttons(at) -> list[str]:
-    return [b.label for b in at.button]
+    """The page's own buttons (the sidebar has the lesson-class buttons on every page)."""
+    return [b.label for b in at.main.button]
 
 
 def click(at, label: str):

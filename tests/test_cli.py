@@ -90,7 +90,7 @@ def test_default_run_writes_json_maps_and_overlay(tmp_path: pathlib.Path, capsys
     with Image.open(png) as pic:
         assert pic.format == "PNG"
         assert pic.mode == "RGB"
-        assert pic.size == (224, 224)  # the model's view, which the overlay is drawn on
+        assert pic.size == (224, 224)  # the model's view, which the overlay is drawn on (--on view)
 
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["cat.json", "cat_maps.npy", png.name])
     lines = out.strip().splitlines()

@@ -87,7 +87,7 @@ def test_shape_mismatch_is_named() -> None:
         (b"not a zip at all" * 10, "junk.pth", "could not be read"),
         (b"\x00" * 64, "junk.safetensors", "not a valid .safetensors"),
         (b"PK\x03\x04truncated", "trunc.pt", "could not be read"),
-        (b"abc", "weights.onnx", ".pt, .pth or .safetensors"),
+        (b"abc", "weights.onnx", r"\.pt, \.pth, \.ckpt \(PyTorch Lightning\) or \.safetensors"),
     ],
 )
 def test_corrupt_files_give_clear_errors(data: bytes, name: str, fragment: str) -> None:

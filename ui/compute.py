@@ -20,6 +20,7 @@ def run_explain(
     layer: str | None = None,
     method: str | None = None,
     where: st.delta_generator.DeltaGenerator | None = None,
+    relative: bool = False,
 ) -> explain.Explanation:
     """``explain.explain`` for the selection, with a spinner, or a progress bar for Score-CAM.
 
@@ -37,21 +38,28 @@ def run_explain(
             # Redrawing the bar is also where a rerun requested by the user interrupts Score-CAM.
             bar.progress(min(1.0, done / max(total, 1)), text=f"{title}: {done} of {total} extra passes")
 
-        r = explain.explain(m, sel.image, targets=list(targets), layer=layer, method=method, fit=sel.fit, progress=progress)
+        r = explain.explain(m, sel.image, targets=list(targets), layer=layer, method=method, fit=sel.fit,
+                            progress=progress, polarity=sel.polarity, relative=relative)
         bar.empty()
         return r
     with where, st.spinner(f"Computing {title}…"):
-        return explain.explain(m, sel.image, targets=list(targets), layer=layer, method=method, fit=sel.fit)
+        return explain.explain(m, sel.image, targets=list(targets), layer=layer, method=method, fit=sel.fit,
+                               polarity=sel.polarity, relative=relative)
 
 
-def overlays(r: explain.Explanation, sel: Selection, normalize: str | None = None) -> list:
-    """The overlays of ``r`` with the selection's display settings (no forward pass)."""
+def overlays(r: explain.Explanation, sel: Selection, normalize: str | None = None, on: str | None = None) -> list:
+    """The overlays of ``r`` with the selection's display settings (no forward pass): overlay mode and
+    weights, and drawn on the original picture or the model's view as the sidebar says."""
     return r.overlays(
         normalize=normalize or sel.normalize,
         colormap=sel.colormap,
         alpha=sel.alpha,
         smooth=sel.smooth,
         contour=sel.contour,
+        mode=sel.overlay_mode,
+        heat_weight=sel.heat_weight,
+        image_weight=sel.image_weight,
+        on=on or ("original" if sel.on_original else "view"),
     )
 
 
@@ -66,9 +74,22 @@ def not_applicable(err: Exception) -> None:
 
 
 def show_notices(r: explain.Explanation) -> None:
-    """Each engine notice (e.g. a CPU fallback) as an info box."""
+    """Each engine notice (a CPU fallback, a class whose map is zero everywhere) as an info box, and
+    why a layer's maps say nothing when they cannot (a transformer layer only the class token leaves)."""
     for note in r.notices:
         st.info(md_escape(note))
+    note = "" if r.method_info.on_input else _layer_note(r)
+    if note:
+        st.warning(md_escape(f"Layer {r.layer}: {note}."))
+
+
+def _layer_note(r: explain.Explanation) -> str:
+    from ui import resources
+
+    try:
+        return resources.get_model(r.model_name).layer_info(r.layer).note
+    except explain.ExplainError:  # the model can no longer be loaded: no note then
+        return ""
 
 
 def progress_callback(bar: st.delta_generator.DeltaGenerator, text: str) -> Callable[[int, int], None]:

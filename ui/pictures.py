@@ -45,7 +45,8 @@ def overlay(view: "Image.Image", heat: np.ndarray, sel: "Selection") -> "Image.I
     h = np.asarray(heat, dtype=np.float32)
     if sel.smooth > 0:
         h = explain.render.normalize_maps(explain.render.smooth(h[None], sel.smooth), "per_map")[0]
-    return explain.render.overlay(view, h, sel.colormap, sel.alpha, contour=sel.contour)
+    return explain.render.overlay(view, h, sel.colormap, sel.alpha, contour=sel.contour, mode=sel.overlay_mode,
+                                  heat_weight=sel.heat_weight, image_weight=sel.image_weight)
 
 
 def npy_bytes(maps: np.ndarray) -> bytes:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import streamlit as st
 from PIL import Image, ImageOps
-from streamlit.logger import get_logger
 
 import explain
 from ui import streamlit_compat
@@ -35,7 +34,7 @@ THUMBNAIL_SIZE = 96
 #: Set by deploy/serve.sh to the replica's name (r1, r2, ...), so that its log says which replica it is.
 REPLICA_ENV = "CAM_EXPLORER_REPLICA"
 
-_log = get_logger(__name__)
+_log = streamlit_compat.server_logger(__name__)
 
 
 @st.cache_resource(max_entries=MODEL_CACHE_ENTRIES, show_spinner=False)

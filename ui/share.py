@@ -31,9 +31,11 @@ from ui import resources, state, text
 MODEL, SAMPLE, FIT, LAYER, METHOD, TARGET = "model", "sample", "fit", "layer", "method", "class"
 COLORMAP, ALPHA, SMOOTH, NORMALIZE, CONTOUR = "colormap", "alpha", "smooth", "normalize", "contour"
 CLASSES, METHODS, LAYERS = "classes", "methods", "layers"  # Compare classes / Compare methods & layers
+OVERLAY, RAW_COLORMAP = "overlay", "rawcolormap"
 
 #: Parameters written by the sidebar (every page).
-COMMON: tuple[str, ...] = (MODEL, SAMPLE, FIT, LAYER, METHOD, TARGET, COLORMAP, ALPHA, SMOOTH, NORMALIZE, CONTOUR)
+COMMON: tuple[str, ...] = (MODEL, SAMPLE, FIT, LAYER, METHOD, TARGET, COLORMAP, ALPHA, SMOOTH, NORMALIZE, CONTOUR,
+                           OVERLAY, RAW_COLORMAP)
 #: Parameters that belong to one page; other pages drop them.
 PAGE_ONLY: tuple[str, ...] = (CLASSES, METHODS, LAYERS)
 KNOWN = COMMON + PAGE_ONLY
@@ -213,6 +215,12 @@ def apply_display(link: Incoming | None) -> None:
     normalize = _choice(link, NORMALIZE, explain.NORMALIZATIONS, "colour scale")
     if normalize is not None:
         ss[state.NORMALIZE] = normalize
+    mode = _choice(link, OVERLAY, explain.OVERLAY_MODES, "overlay mode")
+    if mode is not None:
+        ss[state.OVERLAY_MODE] = mode
+    raw_colormap = _choice(link, RAW_COLORMAP, explain.COLORMAPS, "raw map colormap")
+    if raw_colormap is not None:
+        ss[state.RAW_COLORMAP] = raw_colormap
     contour = link.take(CONTOUR)
     if contour is not None:
         if contour.lower() in _TRUE + _FALSE:
@@ -290,6 +298,8 @@ def link_values(sel: state.Selection) -> dict[str, str | None]:
         SMOOTH: f"{sel.smooth:g}",
         NORMALIZE: sel.normalize,
         CONTOUR: "1" if sel.contour else "0",
+        OVERLAY: sel.overlay_mode,
+        RAW_COLORMAP: sel.raw_colormap or None,
     }
 
 

@@ -36,6 +36,12 @@ ALPHA = "cx.alpha"  # overlay opacity slider
 SMOOTH = "cx.smooth"  # smoothing sigma slider, pixels
 NORMALIZE = "cx.normalize"  # radio: explain.NORMALIZATIONS
 CONTOUR = "cx.contour"  # checkbox
+OVERLAY_MODE = "cx.overlay_mode"  # segmented control: explain.render.OVERLAY_MODES
+HEAT_WEIGHT = "cx.heat_weight"  # slider: the heat's weight in "add" mode
+IMAGE_WEIGHT = "cx.image_weight"  # slider: the picture's weight in "add" mode
+RAW_COLORMAP = "cx.raw_colormap"  # selectbox: the raw-map panel's colormap ("" = as the overlay)
+ON_ORIGINAL = "cx.on_original"  # toggle: overlays on the original picture (else the model's view)
+POLARITY = "cx.polarity"  # radio (greyscale models): explain.preprocess.POLARITIES
 
 # ---- widget keys (pages) ---------------------------------------------------------------------
 COMPARE_CLASSES = "cx.compare.classes"  # multiselect of class indices
@@ -48,7 +54,8 @@ OWN_LABELS = "cx.own.labels"  # file_uploader: labels, one per line or a JSON li
 OWN_SIZE = "cx.own.size"  # number_input: input size in pixels, 0 = the architecture's own
 OWN_MEAN = "cx.own.mean"  # text_input: comma-separated normalisation mean ("" = default)
 OWN_STD = "cx.own.std"  # text_input: comma-separated normalisation std ("" = default)
-OWN_INVERT = "cx.own.invert"  # checkbox: greyscale input drawn light on dark
+OWN_POLARITY = "cx.own.polarity"  # radio: polarity of the training pictures ("auto" = file / architecture)
+EXPLAIN_RELATIVE = "cx.explain.relative"  # toggle (Explain page): scale relative to the top class
 
 # ---- plain state (not widgets) -----------------------------------------------------------------
 MODEL_GOOD = "cx.model_good"  # name of the last model that loaded
@@ -87,6 +94,10 @@ SANITY_REQUEST = "cx.faith.sanity_request"  # the same for the sanity check
 IMAGE_SOURCES: tuple[str, ...] = ("Sample", "Upload", "Camera")
 NORMALIZE_LABELS: dict[str, str] = {"per_map": "per map", "shared": "shared"}
 FIT_LABELS: dict[str, str] = {"squash": "squash", "crop": "centre crop"}
+NORMALIZE_LABELS["max"] = "max"
+POLARITY_LABELS: dict[str, str] = {"auto": "automatic", "dark_on_light": "dark on light", "light_on_dark": "light on dark"}
+OVERLAY_LABELS: dict[str, str] = {"blend": "blend", "add": "add", "multiply": "multiply"}
+HEAT_WEIGHT_DEFAULT, IMAGE_WEIGHT_DEFAULT = 0.5, 1.0  # cv2.addWeighted(heat, 0.5, image, 1.0, 0), as the lesson
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,17 @@ class Selection:
     normalize: str = "per_map"
     contour: bool = False
     fit: str = "squash"
+    overlay_mode: str = "blend"
+    heat_weight: float = 0.5
+    image_weight: float = 1.0
+    raw_colormap: str = ""  # "" = the overlay's colormap
+    on_original: bool = True
+    polarity: str = "auto"  # greyscale models: how the picture is drawn ("auto": read from it)
+
+    @property
+    def raw_cmap(self) -> str:
+        """The raw-map panel's colormap."""
+        return self.raw_colormap or self.colormap
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,8 @@
 """The one place that touches Streamlit internals, and why.
 
+0. Server log lines: ``streamlit.logger.get_logger`` gives a logger that Streamlit's own logging
+configuration prints (level, format) on the server console, where an operator reads them.
+
 1. Legacy multipage mode (below). 2. Script-run contexts for worker threads: a thread that draws
 (a download's progress bar) needs the script's context attached, which Streamlit's threading
 guide does with ``streamlit.runtime.scriptrunner.add_script_run_ctx``; and code that can also run
@@ -24,9 +27,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+import logging
 import threading
 from collections.abc import Callable
 
+from streamlit.logger import get_logger
 from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 try:
@@ -55,3 +60,8 @@ def script_thread(target: Callable[[], None], name: str) -> threading.Thread:
     worker = threading.Thread(target=target, name=name, daemon=True)
     add_script_run_ctx(worker, get_script_run_ctx())
     return worker
+
+
+def server_logger(name: str) -> logging.Logger:
+    """A logger whose lines appear on the Streamlit server's console (with Streamlit's format)."""
+    return get_logger(name)

@@ -47,6 +47,10 @@ def explanation_caption(r: explain.Explanation, index: int = 0) -> str:
     top_i, top_name, top_p = r.predictions[0]
     target, name = r.targets[index], r.target_names[index]
     method = r.method_info
+    if r.empty(index):
+        # A flat map highlights nothing: no sentence that claims a region.
+        return md_escape(f"The model gives '{name}' {percent(r.prob(target))}. "
+                         f"No part of the picture raises the score of '{name}' at this layer.")
     if target == top_i:
         opening = f"The model is {percent(top_p)} sure this is {_article(top_name)} {top_name}; "
         rest = method.reading(f"its score for '{name}'")
@@ -54,6 +58,31 @@ def explanation_caption(r: explain.Explanation, index: int = 0) -> str:
         opening = f"The model's top guess is {top_name} ({percent(top_p)}); for '{name}' ({percent(r.prob(target))}) "
         rest = method.reading("that score")
     return md_escape(opening + rest)
+
+
+def strength_caption(r: explain.Explanation, index: int = 0) -> str:
+    """``"The evidence for 'street sign' is 10% as strong as for the top class, 'Egyptian cat'."``
+    (``""`` for the top class itself, or without a reference; Markdown-escaped)."""
+    s = r.strength(index)
+    if s is None or r.reference is None or r.targets[index] == r.reference[0]:
+        return ""
+    top_name = r.predictions[0][1]
+    return md_escape(f"The evidence for '{r.target_names[index]}' is {percent(s)} as strong as for the "
+                     f"top class, '{top_name}'.")
+
+
+POLARITY_WORDS = {"dark_on_light": "dark strokes on a light background", "light_on_dark": "light strokes on a dark background"}
+
+
+def polarity_caption(r: explain.Explanation, m: explain.Model) -> str:
+    """Which polarity reading was used for a greyscale picture (``""`` for colour models)."""
+    if r.polarity is None:
+        return ""
+    how = "read from the picture" if r.polarity_auto else "as set in the sidebar"
+    trained = POLARITY_WORDS[m.preprocess.trained_polarity]
+    then = (f"the model was trained on {trained}, so the picture was inverted for it" if r.polarity_flipped
+            else f"as the model's training pictures ({trained})")
+    return md_escape(f"Picture read as {POLARITY_WORDS[r.polarity]} ({how}); {then}.")
 
 
 def method_title(name: str) -> str:

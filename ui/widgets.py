@@ -15,7 +15,7 @@ import streamlit as st
 from PIL import Image
 
 import explain
-from ui import charts, resources, share, state, text
+from ui import charts, course, resources, share, state, text
 
 from ui.state import DEFAULT_SAMPLE, DIGIT_SAMPLE, GALLERY_COLUMNS, SMOOTH_MAX, TOP_K  # noqa: F401 (re-exported)
 
@@ -38,6 +38,7 @@ def sidebar() -> state.Selection | None:
     with image_box:
         share.apply_image(link, m)
         label, digest, image, fit = image_picker(m)
+        polarity = polarity_picker(m)
     with display_box:
         share.apply_display(link)
         display = display_controls()
@@ -49,7 +50,7 @@ def sidebar() -> state.Selection | None:
         layer = layer_picker(m)
         with class_box:
             share.apply_classes(link, m, digest)
-            target, predictions = class_picker(m, image, digest, fit, layer, method)
+            target, predictions = class_picker(m, image, digest, fit, layer, method, polarity)
     with notice_box:
         share.warn_ignored(link)
     sel = state.Selection(
@@ -62,6 +63,7 @@ def sidebar() -> state.Selection | None:
         target=target,
         predictions=predictions,
         fit=fit,
+        polarity=polarity,
         **display,
     )
     state.store(sel)
@@ -240,6 +242,20 @@ def use_image_bytes(data: bytes | None, name: str, source: str) -> tuple[str, st
     return current
 
 
+def polarity_picker(m: explain.Model) -> str:
+    """Greyscale models only: is the picture drawn dark on light or light on dark (MNIST)? Default: read it."""
+    ss = st.session_state
+    ss.setdefault(state.POLARITY, "auto")
+    if m.preprocess.in_channels != 1:
+        return "auto"
+    return st.radio(
+        "Digits drawn", explain.POLARITIES, key=state.POLARITY, horizontal=True,
+        format_func=lambda p: state.POLARITY_LABELS.get(p, p),
+        help="Automatic reads it from the picture (its border against the rest). A picture drawn the other "
+        "way round from the model's training pictures is inverted before the model sees it.",
+    )
+
+
 # ---- what to explain ------------------------------------------------------------------------------
 
 
@@ -254,8 +270,10 @@ def method_picker() -> str:
 
 
 def layer_label(m: explain.Model, name: str, shape: tuple[int, ...]) -> str:
-    """``"bn2 · 1280×7×7 (recommended)"``."""
+    """``"bn2 · 1280×7×7 (recommended)"``; a layer whose maps are zero by construction says so."""
     text = f"{name} · {'×'.join(str(s) for s in shape)}"
+    if m.layer_info(name).note:
+        return text + " (class token only: maps are zero)"
     return text + " (recommended)" if name == m.default_layer else text
 
 
@@ -274,18 +292,20 @@ def layer_picker(m: explain.Model) -> str:
     )
 
 
-def top_predictions(m: explain.Model, image: Image.Image, fit: str, layer: str, method: str) -> list[tuple[int, str, float]]:
+def top_predictions(m: explain.Model, image: Image.Image, fit: str, layer: str, method: str,
+                    polarity: str = "auto") -> list[tuple[int, str, float]]:
     """Top-5 ``(index, name, probability)`` from the (cached) capture the explanation will reuse."""
     with st.spinner("Running the model…"):
-        return explain.predict_top(m, image, fit, layer=layer, method=method, k=TOP_K)
+        return explain.predict_top(m, image, fit, layer=layer, method=method, k=TOP_K, polarity=polarity)
 
 
 def class_picker(
-    m: explain.Model, image: Image.Image | None, digest: str, fit: str, layer: str, method: str
+    m: explain.Model, image: Image.Image | None, digest: str, fit: str, layer: str, method: str,
+    polarity: str = "auto",
 ) -> tuple[int, list[tuple[int, str, float]]]:
     """Searchable class selectbox (top-1 by default, again whenever model or image change) + top-5 chart."""
     ss = st.session_state
-    predictions = top_predictions(m, image, fit, layer, method) if image is not None else []
+    predictions = top_predictions(m, image, fit, layer, method, polarity) if image is not None else []
     context = (m.name, digest)
     valid = isinstance(ss.get(state.TARGET), int) and 0 <= ss[state.TARGET] < m.num_classes
     if (ss.get(state.TARGET_CONTEXT) != context or not valid) and predictions:
@@ -299,24 +319,20 @@ def class_picker(
         format_func=lambda i: text.class_label(categories, i),
         help="Type to search. Defaults to the model's top guess.",
     )
+    course.lesson_picker(m, int(target))
     if predictions:
         st.caption("Top-5 predictions")
         charts.show_top5(predictions)
     return int(target), predictions
 
 
-# The classes used in the course's exercises, by ImageNet-1k name ('street sign' is index 919).
-COURSE_CLASSES = ("French bulldog", "tabby", "sliding door", "street sign", "dogsled")
+# The course's classes: the lesson's nine ImageNet ids as it uses them (see ui/course.py).
+COURSE_CLASSES = tuple(f"{i} ({label})" for i, label in course.LESSON_CLASSES)
 
 
 def course_classes(m: explain.Model) -> list[int]:
-    """Indices of the course classes, or [] when the model is not an ImageNet-1k classifier."""
-    if m.num_classes != 1000:
-        return []
-    try:
-        return [m.class_index(name) for name in COURSE_CLASSES]
-    except explain.UnknownClassError:
-        return []
+    """The lesson's class ids, or [] when the model is not an ImageNet-1k classifier."""
+    return course.lesson_ids(m)
 
 
 def grid_default_layers(m: explain.Model, count: int = 3) -> list[str]:
@@ -352,19 +368,44 @@ def display_controls() -> dict[str, object]:
         (state.SMOOTH, 0),
         (state.NORMALIZE, explain.NORMALIZATIONS[0]),
         (state.CONTOUR, False),
+        (state.OVERLAY_MODE, explain.OVERLAY_MODES[0]),
+        (state.HEAT_WEIGHT, state.HEAT_WEIGHT_DEFAULT),
+        (state.IMAGE_WEIGHT, state.IMAGE_WEIGHT_DEFAULT),
+        (state.RAW_COLORMAP, ""),
+        (state.ON_ORIGINAL, True),
     ):
         ss.setdefault(key, value)
-    colormap = st.selectbox("Colormap", explain.COLORMAPS, key=state.COLORMAP)
-    alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key=state.ALPHA)
+    colormap = st.selectbox("Colormap", explain.COLORMAPS, key=state.COLORMAP,
+                            help="cv2_jet is OpenCV's own JET (cv2.applyColorMap), as the OpenCV lessons draw.")
+    raw_colormap = st.selectbox(
+        "Raw map colormap", ("",) + explain.COLORMAPS, key=state.RAW_COLORMAP,
+        format_func=lambda c: c or "as the overlay", help="The MNIST lesson draws the raw map in bwr.",
+    )
+    mode = st.segmented_control(
+        "Overlay", explain.OVERLAY_MODES, key=state.OVERLAY_MODE, required=True,
+        format_func=lambda k: state.OVERLAY_LABELS.get(k, k),
+        help="Blend: opacity. Add: heat weight × heat + image weight × image, clipped (cv2.addWeighted). "
+        "Multiply: the picture times the map, so only what the map highlights stays visible.",
+    )
+    mode = mode or explain.OVERLAY_MODES[0]
+    # Drawn in every mode (disabled where they do not apply), so their values survive a mode switch.
+    alpha = st.slider("Overlay opacity", 0.0, 1.0, step=0.05, key=state.ALPHA, disabled=mode != "blend")
+    w1, w2 = st.columns(2)
+    heat_weight = w1.slider("Heat weight", 0.0, 2.0, step=0.05, key=state.HEAT_WEIGHT, disabled=mode != "add")
+    image_weight = w2.slider("Image weight", 0.0, 2.0, step=0.05, key=state.IMAGE_WEIGHT, disabled=mode != "add")
+    on_original = st.toggle("Draw on the original picture", key=state.ON_ORIGINAL,
+                            help="Off: on the square picture the model saw (squashed or cropped).")
     smooth = st.slider("Smoothing (σ, pixels; 0 = off)", 0, SMOOTH_MAX, step=1, key=state.SMOOTH)
     normalize = st.radio(
         "Colour scale", explain.NORMALIZATIONS, key=state.NORMALIZE, horizontal=True,
         format_func=lambda k: state.NORMALIZE_LABELS.get(k, k),
-        help="Per map: each map stretched to its own maximum. Shared: one scale for all maps on a page.",
+        help="Per map: each map stretched from its own minimum to its maximum. Shared: one scale for all maps "
+        "on a page. Max: each map divided by its maximum (as the lessons do).",
     )
     contour = st.checkbox("Outline the most important region", key=state.CONTOUR)
     return {"colormap": colormap, "alpha": float(alpha), "smooth": float(smooth), "normalize": normalize,
-            "contour": bool(contour)}
+            "contour": bool(contour), "overlay_mode": mode, "heat_weight": float(heat_weight),
+            "image_weight": float(image_weight), "raw_colormap": raw_colormap, "on_original": bool(on_original)}
 
 
 def on_change_set(key: str, value_of: Callable[[], object]) -> Callable[[], None]:

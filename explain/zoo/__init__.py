@@ -19,10 +19,11 @@ def declare() -> None:
         if _DONE:
             return
         from ..families import register_architecture, register_model
-        from . import efficientnet_lite0, lenet
+        from . import efficientnet_lite0, lenet, mnist_lenet
 
         register_model(efficientnet_lite0.spec())  # the default model: declared first
         register_model(lenet.digits_spec())
         register_model(lenet.shortcut_spec())
         register_architecture(lenet.architecture())
+        register_architecture(mnist_lenet.architecture())
         _DONE = True

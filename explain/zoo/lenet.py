@@ -228,6 +228,8 @@ def _preprocess_from(cfg: dict) -> Preprocess:
         interpolation=InterpolationMode(cfg.get("interpolation", "bilinear")),
         in_channels=int(cfg.get("in_channels", 1)),
         invert=bool(cfg.get("invert", False)),
+        # The network was trained on dark-on-light renderings sent through the fixed inversion.
+        polarity=str(cfg.get("polarity", "dark_on_light")),
     )
 
 
