@@ -29,7 +29,6 @@ import tempfile
 import time
 
 import torch
-from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
