@@ -26,7 +26,7 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .explanation import Explanation, explain
-from .io import SUPPORTED_EXTENSIONS, load_image
+from .io import MAX_IMAGE_MB, SUPPORTED_EXTENSIONS, load_image
 from .methods import METHODS, TITLES, get_method
 from .model import INPUT_LAYER, Capture, Model
 from .preprocess import FITS, Preprocess
@@ -57,5 +57,5 @@ __all__ = [
     "weights_file", "custom", "metrics", "sanity", "teach", "build_custom", "custom_architectures",
     "read_labels", "read_state_dict", "FaithfulnessResult", "compare_methods", "deletion_insertion",
     "plain_reading", "SanityResult", "cascading_randomisation", "Walkthrough", "walkthrough",
-    "SUPPORTED_EXTENSIONS", "SAMPLES_DIR", "list_samples", "sample_title",
+    "SUPPORTED_EXTENSIONS", "MAX_IMAGE_MB", "SAMPLES_DIR", "list_samples", "sample_title",
 ]

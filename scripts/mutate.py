@@ -136,51 +136,98 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- the app -------------------------------------------------------------------------------
     Mutant(
         "sidebar-selection-global", "ui/state.py",
-        "MUTATION_STATE_OLD", "MUTATION_STATE_NEW",
+        "    sel = st.session_state.get(SELECTION)\n    return sel if isinstance(sel, Selection) else None\n"
+        "\n\ndef store(sel: Selection | None) -> None:\n"
+        "    \"\"\"Publish this run's selection for the page (``None`` clears it).\"\"\"\n"
+        "    st.session_state[SELECTION] = sel\n",
+        "    sel = _LAST.get(SELECTION)\n    return sel if isinstance(sel, Selection) else None\n"
+        "\n\n_LAST: dict = {}\n\n\ndef store(sel: Selection | None) -> None:\n"
+        "    \"\"\"Publish this run's selection for the page (``None`` clears it).\"\"\"\n"
+        "    _LAST[SELECTION] = sel\n",
         ("tests/test_app_sessions.py",),
         "the sidebar's selection kept in a process-wide global",
     ),
     Mutant(
         "get-model-returns-upload", "ui/resources.py",
-        "MUTATION_GETMODEL_OLD", "MUTATION_GETMODEL_NEW",
+        "    if mine is not None and mine.name == name:\n        return mine.model\n",
+        "    if mine is not None:\n        return mine.model\n",
         ("tests/test_app_sessions.py",),
         "get_model returning the uploaded model whatever name is asked for",
     ),
     Mutant(
         "link-carries-private-model", "ui/share.py",
-        "MUTATION_SHARE_OLD", "MUTATION_SHARE_NEW",
+        "    uploaded_model = mine is not None and mine.name == sel.model_name\n    is_sample",
+        "    uploaded_model = False\n    is_sample",
         ("tests/test_app_sessions.py",),
         "share links carrying a private model's name, classes and layers",
     ),
     Mutant(
         "pickle-refusal-without-import", "explain/custom.py",
-        "MUTATION_PICKLE_OLD", "MUTATION_PICKLE_NEW",
-        ("tests/test_custom.py", "tests/test_app_own_model.py"),
+        "            what = f\" ({', '.join(foreign[:3])})\"\n", "            what = \"\"\n",
+        ("tests/test_custom.py::test_code_carrying_pickle_is_refused_and_never_runs",
+         "tests/test_app_own_model.py::test_code_carrying_pickle_is_refused_and_never_runs"),
         "the code-carrying pickle refused without naming the import it asked for",
     ),
     Mutant(
-        "report-blank-tiles", "ui/report.py",
-        "MUTATION_REPORT_OLD", "MUTATION_REPORT_NEW",
-        ("tests/test_app_share.py",),
+        "report-blank-tiles", "explain/render.py",
+        "        sheet.paste(t.convert(\"RGB\").resize((tile, tile)), (x, y))\n",
+        "        if i % 2 == 0:\n            sheet.paste(t.convert(\"RGB\").resize((tile, tile)), (x, y))\n",
+        ("tests/test_app_share.py::test_report_of_compare_classes", "tests/test_app_share.py::test_report_of_compare_methods",
+         "tests/test_app_share.py::test_report_of_explain_includes_matching_faithfulness_scores"),
         "blank tiles in the report's PNG grid",
     ),
     Mutant(
-        "page-guard-removed", "ui/views.py",
-        "MUTATION_GUARD_OLD", "MUTATION_GUARD_NEW",
+        "page-guard-removed", "pages/explain.py",
+        "with views.guard(\"explaining the image\"):\n", "if True:\n",
         ("tests/test_app_guard.py",),
         "the page guard removed",
     ),
     Mutant(
         "image-size-check-removed", "explain/io.py",
-        "MUTATION_IMAGESIZE_OLD", "MUTATION_IMAGESIZE_NEW",
+        "    if len(data) > max_bytes:\n", "    if False:\n",
         ("tests/test_io.py", "tests/test_config.py"),
         "pictures no longer limited by the app's own size check",
     ),
     Mutant(
         "server-upload-limit-20mb", ".streamlit/config.toml",
-        "MUTATION_CONFIG_OLD", "maxUploadSize = 20\n",
+        "maxUploadSize = 600\n", "maxUploadSize = 20\n",
         ("tests/test_config.py",),
         "the server's upload limit back at 20 MB",
+    ),
+    Mutant(
+        "uploaded-model-shared", "ui/resources.py",
+        "    mine = st.session_state.get(UPLOADED_KEY)\n",
+        "    mine = st.session_state.get(UPLOADED_KEY)\n    last = uploaded_model.__dict__.setdefault('last', [None])\n"
+        "    if isinstance(mine, UploadedModel):\n        last[0] = mine\n    mine = last[0]\n",
+        ("tests/test_app_sessions.py::test_two_sessions_each_with_their_own_uploaded_model",),
+        "the last uploaded model offered to every session",
+    ),
+    Mutant(
+        "page-link-carries-private-classes", "ui/share.py",
+        "    uploaded_model = mine is not None and sel is not None and mine.name == sel.model_name\n",
+        "    uploaded_model = False\n",
+        ("tests/test_app_sessions.py::test_links_never_carry_a_private_models_name_classes_or_layers",),
+        "the compare pages' links carrying a private model's classes and layers",
+    ),
+    Mutant(
+        "link-may-name-any-model", "ui/share.py",
+        "    value = _choice(link, MODEL, list(resources.model_infos()), \"model\")\n",
+        "    value = link.take(MODEL)\n",
+        ("tests/test_app_sessions.py::test_a_link_naming_an_uploaded_model_is_ignored_with_a_warning",),
+        "a link's model accepted whatever it names (an uploaded model silently dropped)",
+    ),
+    Mutant(
+        "guard-catches-nothing", "ui/views.py",
+        "    except Exception as exc:  # noqa: BLE001 - the whole point: no traceback reaches the page\n",
+        "    except ArithmeticError as exc:\n",
+        ("tests/test_app_guard.py",),
+        "the guard itself letting unexpected errors through",
+    ),
+    Mutant(
+        "explain-page-ignores-method", "ui/views.py",
+        "    method = method or sel.method\n", "    method = method or \"gradcam\"\n",
+        ("tests/test_app.py::test_display_class_and_method_changes_reuse_the_forward_pass",),
+        "the Explain page drawing Grad-CAM whatever method is chosen (its heading still right)",
     ),
 )
 
