@@ -261,10 +261,15 @@ def run_one(m: Mutant, timeout: float) -> tuple[str, float, str]:
         except subprocess.TimeoutExpired:
             return "timeout", time.monotonic() - start, ""
         took = time.monotonic() - start
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        tail = "\n".join(lines[-3:])
         if proc.returncode == 5:  # no tests collected: not a kill
             return "stale", took, "no tests ran: " + tail
-        return ("survived" if proc.returncode == 0 else "killed"), took, tail
+        if proc.returncode == 0:
+            return "survived", took, tail
+        # Name the test that caught it: a collection error would be a kill for the wrong reason.
+        caught = [ln for ln in lines if ln.startswith(("FAILED ", "ERROR "))]
+        return "killed", took, (caught[0] if caught else tail)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -283,8 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         verdict, took, tail = run_one(m, args.timeout)
         results.append((m, verdict))
         print(f"[{i}/{len(chosen)}] {verdict:8} {m.name} ({took:.0f} s)", flush=True)
-        if verdict != "killed" and tail:
-            print("    " + tail.replace("\n", "\n    "), flush=True)
+        if tail:
+            print("    " + tail.replace("\n", "\n    ")[:400], flush=True)
     killed = sum(v == "killed" for _m, v in results)
     print(f"\n{killed} / {len(results)} planted bugs killed")
     for m, v in results:
