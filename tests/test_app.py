@@ -337,7 +337,7 @@ def test_model_without_weights_shows_the_file_and_keeps_the_previous_model(
     assert widget(at, "selectbox", state.MODEL).value == DEFAULT
 
 
-def test_digit_model_gets_a_digit_its_layer_and_its_class() -> None:
+def test_digit_model_gets_a_digit_its_layer_and_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
     at = run_ok(new_app())
     widget(at, "selectbox", state.MODEL).select("digits_lenet")
     run_ok(at)
@@ -348,9 +348,23 @@ def test_digit_model_gets_a_digit_its_layer_and_its_class() -> None:
     assert widget(at, "selectbox", state.TARGET).value == index
     assert f"'{escaped(name)}'" in markdown_text(at)
     # Score-CAM (one masked pass per channel) is quick on the small model; it runs with a bar.
+    from streamlit.delta_generator import DeltaGenerator
+
+    bars: list[tuple[float, str]] = []
+    real_progress = DeltaGenerator.progress
+
+    def progress(self, value, text=None, **kwargs):
+        bars.append((float(value), str(text)))
+        return real_progress(self, value, text=text, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "progress", progress)
     widget(at, "selectbox", state.METHOD).select("scorecam")
     run_ok(at)
     assert "Raw Score-CAM map" in markdown_text(at) and main_images(at) == 3
+    # The bar was drawn and filled as the masked passes went (it is removed when the map is done).
+    assert len(bars) >= 2 and bars[0][0] == 0.0 and bars[-1][0] == 1.0, bars
+    assert "masked images" in bars[-1][1] and [v for v, _t in bars] == sorted(v for v, _t in bars)
+    monkeypatch.undo()
 
     widget(at, "selectbox", state.METHOD).select("gradcam")  # Score-CAM on the big model takes minutes
     widget(at, "selectbox", state.MODEL).select(DEFAULT)

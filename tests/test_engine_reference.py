@@ -140,3 +140,51 @@ def test_gradcam_plus_plus_uses_the_sum_of_activations():
     w = (alpha * grads.clamp(min=0)).sum(dim=(2, 3))
     wrong = torch.relu(torch.einsum("kc,chw->khw", w, cap.activation)).numpy()
     assert float(np.abs(wrong - theirs).max()) > 0.05 * float(theirs.max())
+
+
+# ---- TorchCAM and Captum (the benchmark prints their agreement; here it is asserted) ---------------
+
+
+def _scaled(t: torch.Tensor) -> torch.Tensor:
+    t = t.detach().float().reshape(-1)
+    return (t - t.min()) / (t.max() - t.min())
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3"])
+def test_gradcam_and_cam_agree_with_torchcam_and_captum(layer, tv_model, cat_img):
+    """Raw maps at the layer's own resolution, cell by cell, on random-weight ResNet-18."""
+    from captum.attr import LayerGradCam
+    from torchcam.methods import CAM as TcCAM
+    from torchcam.methods import GradCAM as TcGradCAM
+
+    m = tv_model("resnet18")
+    x = m.view_and_tensor(cat_img)[1]
+    classes = [int(m.predict(x)[0].argmax()), 3]
+    ours = explain.explain(m, cat_img, targets=classes, layer=layer, method="gradcam").maps
+    net = _trainable_copy(m.module)
+    tc = TcGradCAM(net, target_layer=layer)
+    try:
+        scores = net(x.clone())
+        torchcam = [tc(c, scores, retain_graph=True)[0][0] for c in classes]
+    finally:
+        tc.remove_hooks()
+    captum = LayerGradCam(net, dict(net.named_modules())[layer])
+    for k, c in enumerate(classes):
+        theirs_captum = captum.attribute(x.clone(), target=c, relu_attributions=True)[0, 0]
+        for who, theirs in (("TorchCAM", torchcam[k]), ("Captum", theirs_captum)):
+            assert theirs.shape == ours[k].shape, who
+            gap = float((_scaled(ours[k]) - _scaled(theirs)).abs().max())
+            assert gap < 1e-4, (who, layer, c, gap)
+    if layer == "layer4":
+        cam = explain.explain(m, cat_img, targets=classes, layer=layer, method="cam").maps
+        ext = TcCAM(net, target_layer=layer, fc_layer="fc")
+        try:
+            with torch.no_grad():
+                scores = net(x.clone())
+            for k, c in enumerate(classes):
+                # TorchCAM's CAM has no ReLU (its Grad-CAM has): compare on its raw map, rectified.
+                theirs = torch.relu(ext(c, scores, normalized=False)[0][0])
+                gap = float((_scaled(cam[k]) - _scaled(theirs)).abs().max())
+                assert gap < 1e-4, ("TorchCAM CAM", c, gap)
+        finally:
+            ext.remove_hooks()
