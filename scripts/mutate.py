@@ -229,6 +229,25 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_app.py::test_display_class_and_method_changes_reuse_the_forward_pass",),
         "the Explain page drawing Grad-CAM whatever method is chosen (its heading still right)",
     ),
+    Mutant(
+        "scorecam-without-progress-bar", "ui/views.py",
+        "method=method, fit=sel.fit, progress=progress)", "method=method, fit=sel.fit)",
+        ("tests/test_app.py::test_digit_model_gets_a_digit_its_layer_and_its_class",),
+        "Score-CAM run without updating its progress bar",
+    ),
+    Mutant(
+        "corrupt-weights-not-moved-aside", "explain/registry.py",
+        "            os.replace(path, aside)\n", "            pass\n",
+        ("tests/test_app_weights.py",),
+        "a corrupt cached checkpoint left in place (every later attempt fails again)",
+    ),
+    Mutant(
+        "no-per-key-lock", "explain/model.py",
+        "            with key_lock:  # two sessions asking for the same capture wait for one forward pass\n",
+        "            if key_lock:\n",
+        ("tests/test_engine_safety.py::test_concurrent_requests_for_one_capture_share_one_forward",),
+        "two sessions asking for one capture at once each run the forward pass",
+    ),
 )
 
 
