@@ -211,6 +211,13 @@ class Capture:
             freed += tensor_bytes(g)
         self._grow(-freed)
 
+    def forget_gradients(self) -> None:
+        """Drop the cached per-class gradients (the next request runs the backward again)."""
+        with self._lock:
+            freed = sum(tensor_bytes(g) for g in self._grads.values())
+            self._grads.clear()
+            self._grow(-freed)
+
     def held_bytes(self) -> int:
         """Bytes of everything this capture accumulated after its forward pass (gradients, extras)."""
         return self._held

@@ -81,6 +81,8 @@ def test_extras_and_gradients_are_charged_as_they_grow(tight, cat_img):
     assert tight.cached_bytes - before == expected + 400_000
     cap.extras["probe"] = torch.zeros(10)  # replacing frees the old one's share
     assert tight.cached_bytes - before == expected + 40
+    cap.forget_gradients()
+    assert tight.cached_bytes - before == 40 and cap._grads == {}
     tight.clear_cache()
     assert tight.cached_bytes == 0
 
