@@ -437,7 +437,7 @@ def breakdown(m: explain.Model, layers: dict[str, str], device: torch.device, re
 
     def fresh_grads(k: int) -> Callable[[], object]:
         def run() -> object:
-            cap._grads.clear()  # the per-class gradient cache, so the backward runs again
+            cap.forget_gradients()  # the per-class gradient cache, so the backward runs again
             return gradcam.maps(m, cap, classes8[:k])
         return run
 

@@ -355,8 +355,12 @@ def crosstalk(results: list[SessionResult], plans: list[Plan]) -> None:
             d = overlay_distance(res.overlay, other.expected_overlay)
             if d <= own:
                 res.problems.append(f"overlay closer to session {other.index}'s ({d:.1f}) than to its own ({own:.1f})")
-        if own > 4.0:  # mean |Δ| on 0..255 (PNG on both sides: ~0 unless it is another picture)
-            res.problems.append(f"overlay differs from the engine's by {own:.1f} on average")
+        # PNG on both sides: the browser must show exactly the engine's pixels, not merely similar ones.
+        if res.overlay.shape != mine.expected_overlay.shape or not np.array_equal(res.overlay, mine.expected_overlay):
+            differ = (int(np.any(res.overlay != mine.expected_overlay, axis=-1).sum())
+                      if res.overlay.shape == mine.expected_overlay.shape else -1)
+            res.problems.append(f"overlay not byte-identical to the engine's ({differ} pixels differ, "
+                                f"mean |Δ| {own:.2f})")
 
 
 def rss_total(pids: list[int]) -> float:

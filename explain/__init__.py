@@ -26,7 +26,7 @@ from .errors import (
     WeightsUnavailableError,
 )
 from .explanation import RELATIVE, Explanation, explain, predict_top, top_predictions
-from .io import SUPPORTED_EXTENSIONS, load_image
+from .io import MAX_IMAGE_MB, SUPPORTED_EXTENSIONS, load_image
 from .methods import DEFAULT_METHOD, Method, Param, TITLES, all_methods, get_method, method_names
 from .methods import register as register_method, unregister as unregister_method
 from . import methods  # submodule, part of the public API
@@ -67,7 +67,7 @@ __all__ = [
     "weights_file", "custom", "metrics", "render", "sanity", "teach", "build_custom", "custom_architectures",
     "read_labels", "read_state_dict", "FaithfulnessResult", "compare_methods", "deletion_insertion",
     "plain_reading", "SanityResult", "cascading_randomisation", "Walkthrough", "walkthrough",
-    "SUPPORTED_EXTENSIONS", "SAMPLES_DIR", "list_samples", "sample_title",
+    "SUPPORTED_EXTENSIONS", "MAX_IMAGE_MB", "SAMPLES_DIR", "list_samples", "sample_title",
     "DEFAULT_METHOD", "Method", "Param", "all_methods", "method_names", "methods", "predict_top",
     "top_predictions", "MethodComparison", "CancelCheck", "Progress", "sample_kind", "COLOUR_SAMPLE",
     "GREY_SAMPLE", "Architecture", "Built", "ModelSpec", "register_architecture", "register_model", "get_spec",

@@ -22,6 +22,7 @@ from .errors import ImageLoadError
 
 __all__ = [
     "MAX_ASPECT_RATIO",
+    "MAX_IMAGE_MB",
     "MIN_SIDE",
     "SUPPORTED_EXTENSIONS",
     "ImageSource",
@@ -40,6 +41,10 @@ MIN_SIDE: int = 8
 #: Largest accepted ratio between the long and the short side; beyond it the resize to a square
 #: model input leaves a smear, and such files are almost always banners or mistakes.
 MAX_ASPECT_RATIO: float = 50.0
+
+#: Largest accepted picture file in megabytes (MiB). The app's server accepts bigger uploads (for
+#: model weights), so this check is what limits pictures, whichever way they arrive.
+MAX_IMAGE_MB: int = 20
 
 _FORMATS_HINT = "a JPEG, PNG, WebP, BMP, GIF or TIFF file"
 
@@ -73,6 +78,7 @@ def load_image(
     *,
     name: str | None = None,
     max_pixels: int = 40_000_000,
+    max_bytes: int = MAX_IMAGE_MB * 2**20,
 ) -> Image.Image:
     """Load ``source`` as a fully decoded, upright, 8-bit RGB image.
 
@@ -85,6 +91,7 @@ def load_image(
     ``info["cam_explorer_format"]`` (detected format, e.g. ``"PNG"``) and
     ``info["cam_explorer_source_mode"]`` (the PIL mode before conversion).
 
+    A file larger than ``max_bytes`` (default :data:`MAX_IMAGE_MB`) is refused before decoding.
     Transparent pixels are composited onto white; 16-bit, 32-bit and float images are scaled to
     8 bits by their value range. Raises :class:`~explain.errors.ImageLoadError` for anything that
     is not a usable image (empty, unrecognised, corrupt, too large, too small, too elongated);
@@ -93,6 +100,11 @@ def load_image(
     """
     data, name = _read_source(source, name)
     label = _label(name)
+    if len(data) > max_bytes:
+        raise ImageLoadError(
+            f"{label} is {len(data) / 2**20:.1f} MB, more than the {max_bytes / 2**20:g} MB limit for pictures; "
+            "please use a smaller or more compressed copy (a JPEG of a few MB is plenty)."
+        )
     try:
         return _decode(data, label, max_pixels)
     except ImageLoadError:

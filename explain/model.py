@@ -105,11 +105,45 @@ def plain_copy(module: nn.Module) -> nn.Module:
     return strip_taps(copy.deepcopy(module))
 
 
+def tensor_bytes(value: object) -> int:
+    """Bytes of the tensors in ``value`` (a tensor, or a tuple/list/dict of them); 0 for anything else."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(tensor_bytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    return 0
+
+
+class _Extras(dict):
+    """A capture's per-method caches (e.g. Score-CAM's channel scores); every tensor put in is
+    charged to the capture, so the model's byte budget sees it."""
+
+    def __init__(self, owner: "Capture") -> None:
+        super().__init__()
+        self._owner = weakref.ref(owner)
+
+    def __setitem__(self, key: str, value: object) -> None:
+        owner = self._owner()
+        if owner is None:
+            super().__setitem__(key, value)
+            return
+        with owner._lock:
+            old = tensor_bytes(self.get(key))
+            super().__setitem__(key, value)
+            owner._grow(tensor_bytes(value) - old)
+            owner._trim()
+
+
 class Capture:
     """One forward pass of one image, kept: the target activation, logits and the head's graph.
 
     Gradients of any set of classes come from one batched backward pass through the retained head
     graph, and are cached per class, so a new class, method or colour never repeats the forward.
+    What a capture accumulates later (per-class gradients, method extras) is charged to the model's
+    capture budget as it grows; its per-class gradients are trimmed, least recently asked first,
+    when the capture alone would outgrow the budget (they are recomputable).
     """
 
     def __init__(
@@ -126,10 +160,14 @@ class Capture:
         self._leaf = leaf
         grid = to_grid(leaf.detach(), layer) if layer is not None else leaf.detach()
         self.activation = grid[0]  # [C, h, w]
-        self._grads: dict[int, torch.Tensor] = {}
-        self.extras: dict[str, object] = {}  # per-method caches (e.g. Score-CAM channel scores); see set_extra
-        self._lock = threading.Lock()
-        self.cost = 0  # bytes charged to the model's capture budget
+        self._grads: OrderedDict[int, torch.Tensor] = OrderedDict()  # least recently asked first
+        self._lock = threading.RLock()
+        self.extras: dict[str, object] = _Extras(self)  # per-method caches (e.g. Score-CAM channel scores)
+        self.cost = 0  # bytes charged to the model's capture budget (changed under the model's lock)
+        self._held = 0  # bytes of the cached gradients and extras
+        self._limit: int | None = None  # most bytes this capture may hold in all (the model's budget)
+        self._charge: weakref.WeakMethod | None = None  # the model's accounting, while it caches us
+        self._key: tuple | None = None  # its key in the model's cache
 
     @property
     def layer_name(self) -> str:
@@ -145,9 +183,50 @@ class Capture:
                 onehot[torch.arange(len(missing)), 0, torch.tensor(missing)] = 1.0
                 grads = self._batched_grad(onehot)
                 grid = to_grid(grads.flatten(0, 1), self.layer) if self.layer is not None else grads.flatten(0, 1)
+                added = 0
                 for i, c in enumerate(missing):
-                    self._grads[c] = grid[i].detach()
-            return torch.stack([self._grads[c] for c in classes])
+                    # Each class in storage of its own when several came together: dropping one
+                    # from the cache then really frees its bytes.
+                    g = grid[i].detach() if len(missing) == 1 else grid[i].detach().clone()
+                    self._grads[c] = g
+                    added += tensor_bytes(g)
+                self._grow(added)
+            for c in classes:
+                self._grads.move_to_end(c)
+            out = torch.stack([self._grads[c] for c in classes])
+            self._trim()
+            return out
+
+    def _grow(self, delta: int) -> None:
+        """Record ``delta`` more bytes held (caller holds ``_lock``) and charge them to the model."""
+        if delta == 0:
+            return
+        self._held += delta
+        charge = self._charge() if self._charge is not None else None
+        if charge is not None:
+            charge(self, delta)
+
+    def _trim(self) -> None:
+        """Drop least recently asked gradients while this capture alone holds more than the budget."""
+        if self._limit is None:
+            return
+        freed = 0
+        base = self.nbytes() + self._graph
+        while self._grads and base + self._held - freed > self._limit:
+            _c, g = self._grads.popitem(last=False)
+            freed += tensor_bytes(g)
+        self._grow(-freed)
+
+    def forget_gradients(self) -> None:
+        """Drop the cached per-class gradients (the next request runs the backward again)."""
+        with self._lock:
+            freed = sum(tensor_bytes(g) for g in self._grads.values())
+            self._grads.clear()
+            self._grow(-freed)
+
+    def held_bytes(self) -> int:
+        """Bytes of everything this capture accumulated after its forward pass (gradients, extras)."""
+        return self._held
 
     def _batched_grad(self, onehot: torch.Tensor) -> torch.Tensor:
         try:
@@ -164,11 +243,14 @@ class Capture:
             return torch.stack(parts)
 
     def set_extra(self, key: str, value: object) -> None:
-        """Keep a per-method result with this capture (e.g. Score-CAM's masked-pass scores)."""
-        with self._lock:
-            self.extras[key] = value
+        """Keep a per-method result with this capture (e.g. Score-CAM's masked-pass scores); charged
+        to the model's capture budget like the gradients."""
+        self.extras[key] = value
+
+    _graph = 0  # estimated bytes of the retained graph above the layer (set by the model)
 
     def nbytes(self) -> int:
+        """Estimated bytes of the forward pass's own tensors (activation, its copies, the input)."""
         return int(self.activation.numel() * self.activation.element_size() * 4 + self.input.numel() * 4)
 
 
@@ -392,21 +474,40 @@ class Model:
                     cap = self._forward_input(inputs)
                 else:
                     cap = self._forward_layer(inputs, layer_name)
-                cap.cost = cap.nbytes() + self._graph_bytes.get(layer_name, 0)
+                cap._graph = self._graph_bytes.get(layer_name, 0)
+                cap._limit = self._capture_budget
                 with self._cache_lock:
+                    cap.cost = cap.nbytes() + cap._graph + cap.held_bytes()
+                    cap._key = key
+                    cap._charge = weakref.WeakMethod(self._charge_capture)
                     self._captures[key] = cap
                     self._cached_bytes += cap.cost
-                    # Bounded by count and by memory; the newest capture always stays.
-                    while len(self._captures) > 1 and (
-                        len(self._captures) > self._capture_limit or self._cached_bytes > self._capture_budget
-                    ):
-                        _k, old = self._captures.popitem(last=False)
-                        self._cached_bytes -= old.cost
+                    self._evict_locked()
         finally:
             # Also when the forward pass raised: no lock is left behind per failed key.
             with self._cache_lock:
                 self._key_locks.pop(key, None)
         return cap
+
+    def _evict_locked(self) -> None:
+        """Evict least recently used captures (caller holds ``_cache_lock``); the newest always stays."""
+        while len(self._captures) > 1 and (
+            len(self._captures) > self._capture_limit or self._cached_bytes > self._capture_budget
+        ):
+            _k, old = self._captures.popitem(last=False)
+            self._cached_bytes -= old.cost
+
+    def _charge_capture(self, cap: Capture, delta: int) -> None:
+        """A kept capture grew (or shrank) by ``delta`` bytes: count them, evict on the new total."""
+        with self._cache_lock:
+            key = cap._key
+            if key is None or self._captures.get(key) is not cap:
+                return  # already evicted: its bytes are no longer the cache's
+            cap.cost += delta
+            self._cached_bytes += delta
+            if delta > 0:
+                self._captures.move_to_end(key)  # it is in use right now
+                self._evict_locked()
 
     def _forward_layer(self, inputs: torch.Tensor, layer_name: str) -> Capture:
         info = self.layer_info(layer_name)

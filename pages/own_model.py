@@ -20,7 +20,9 @@ import explain
 from explain import custom
 from ui import page, resources, state, text
 
-MAX_WEIGHTS_MB = 200  # more than the images' limit: ResNet-50 weights are ~100 MB
+# server.maxUploadSize in .streamlit/config.toml must be at least this (the server refuses bigger
+# uploads whatever the widget says): VGG-19-BN's weights are 548 MB, RegNetY-32GF's 554 MB.
+MAX_WEIGHTS_MB = 600
 MAX_SHOWN_CLASSES = 12
 INTRO = (
     "Load the weights you trained yourself — a `state_dict` saved with `torch.save(model.state_dict(), …)` "
@@ -173,8 +175,14 @@ with page.guard("loading your model"):
     weights = st.file_uploader(
         "Weights (state_dict)", key=state.OWN_WEIGHTS, max_upload_size=MAX_WEIGHTS_MB,
         help=f".pt/.pth from torch.save(model.state_dict(), …), a PyTorch Lightning .ckpt, or .safetensors, "
-        f"up to {MAX_WEIGHTS_MB} MB.",
+        f"up to {MAX_WEIGHTS_MB} MB (enough for VGG-19; not for ConvNeXt-Large, ViT-L/H or RegNetY-128GF).",
     )
+    info = resources.model_infos().get(arch)
+    if info is not None and info.size_mb > MAX_WEIGHTS_MB:
+        st.warning(text.md_escape(
+            f"{arch}'s ImageNet weights are about {info.size_mb:.0f} MB, more than the {MAX_WEIGHTS_MB} MB "
+            "upload limit: a state_dict of this size cannot be uploaded."
+        ))
     labels_file = st.file_uploader(
         "Class names (optional)", key=state.OWN_LABELS,
         help="One name per line, or a JSON list, in class-index order. Without it the classes are numbered.",

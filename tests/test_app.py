@@ -179,10 +179,13 @@ def test_display_class_and_method_changes_reuse_the_forward_pass(model: explain.
     assert f"for '{escaped(other_name)}' ({ui_text.percent(other_p)})" in text
 
     for method in ("gradcam++", "layercam"):
+        old = overlay_url()
         widget(at, "selectbox", state.METHOD).select(method)
         run_ok(at)
         assert model.stats.forward_passes == n, f"switching to {method} ran the model again"
         assert f"Raw {explain.TITLES[method]} map" in markdown_text(at)
+        # The overlay itself changed, not only its heading (the maps of these methods differ here).
+        assert overlay_url() != old, f"switching to {method} did not change the overlay"
 
     layer = widgets.grid_default_layers(model)[0]
     assert layer != model.default_layer
@@ -343,7 +346,7 @@ def test_model_without_weights_shows_the_file_and_keeps_the_previous_model(
     assert widget(at, "selectbox", state.MODEL).value == DEFAULT
 
 
-def test_digit_model_gets_a_digit_its_layer_and_its_class() -> None:
+def test_digit_model_gets_a_digit_its_layer_and_its_class(monkeypatch: pytest.MonkeyPatch) -> None:
     at = run_ok(new_app())
     widget(at, "selectbox", state.MODEL).select("digits_lenet")
     run_ok(at)
@@ -354,9 +357,23 @@ def test_digit_model_gets_a_digit_its_layer_and_its_class() -> None:
     assert widget(at, "selectbox", state.TARGET).value == index
     assert f"'{escaped(name)}'" in markdown_text(at)
     # Score-CAM (one masked pass per channel) is quick on the small model; it runs with a bar.
+    from streamlit.delta_generator import DeltaGenerator
+
+    bars: list[tuple[float, str]] = []
+    real_progress = DeltaGenerator.progress
+
+    def progress(self, value, text=None, **kwargs):
+        bars.append((float(value), str(text)))
+        return real_progress(self, value, text=text, **kwargs)
+
+    monkeypatch.setattr(DeltaGenerator, "progress", progress)
     widget(at, "selectbox", state.METHOD).select("scorecam")
     run_ok(at)
     assert "Raw Score-CAM map" in markdown_text(at) and main_images(at) == 3
+    # The bar was drawn and filled as the masked passes went (it is removed when the map is done).
+    assert len(bars) >= 2 and bars[0][0] == 0.0 and bars[-1][0] == 1.0, bars
+    assert "masked images" in bars[-1][1] and [v for v, _t in bars] == sorted(v for v, _t in bars)
+    monkeypatch.undo()
 
     widget(at, "selectbox", state.METHOD).select("gradcam")  # Score-CAM on the big model takes minutes
     widget(at, "selectbox", state.MODEL).select(DEFAULT)
@@ -450,7 +467,7 @@ def test_guard_lets_streamlit_control_flow_through() -> None:
 
 def test_streamlit_config() -> None:
     config = tomllib.loads((REPO / ".streamlit" / "config.toml").read_text())
-    assert config["server"]["maxUploadSize"] == 20
+    # The upload limits (server and widgets) are checked in test_config.py.
     assert config["server"]["enableXsrfProtection"] is True
     assert config["browser"]["gatherUsageStats"] is False
     assert config["client"]["toolbarMode"] == "minimal"

@@ -257,6 +257,21 @@ def expected_grid_size(tiles: int, columns: int) -> tuple[int, int]:
     return render.grid(blank, ["x"] * tiles, columns=columns, tile=report.TILE).size
 
 
+def assert_no_blank_tiles(png: Image.Image, tiles: int, columns: int) -> None:
+    """Every cell of the grid holds a picture: not one flat colour (white paper, a black square)."""
+    columns = max(1, min(columns, tiles))
+    cell_h = png.size[1] // ((tiles + columns - 1) // columns)
+    pixels = np.asarray(png.convert("RGB"), dtype=np.float64)
+    for i in range(tiles):
+        r, c = divmod(i, columns)
+        cell = pixels[r * cell_h : r * cell_h + report.TILE, c * report.TILE : (c + 1) * report.TILE]
+        assert cell.std() > 5, f"tile {i} of the report grid is blank"
+    # Past the last tile the sheet is white paper.
+    if tiles % columns:
+        r, c = divmod(tiles, columns)
+        assert pixels[r * cell_h : r * cell_h + report.TILE, c * report.TILE :].std() == 0
+
+
 def check_predictions(data: dict, model_name: str, sample: str) -> None:
     got = [(p["index"], p["name"], p["probability"]) for p in data["predictions"]]
     want = engine_predictions(model_name, sample)
@@ -271,6 +286,7 @@ def test_report_of_compare_classes(downloads: dict[str, bytes], model: explain.M
     classes = widget(at, "multiselect", state.COMPARE_CLASSES).value
     png, data = read_report(downloads)
     assert png.format == "PNG" and png.size == expected_grid_size(len(classes), 5)
+    assert_no_blank_tiles(png, len(classes), 5)
     assert data["model"]["name"] == DEFAULT and data["page"] == "compare_classes"
     assert [c["index"] for c in data["classes"]] == classes
     assert [c["name"] for c in data["classes"]] == [model.categories[c] for c in classes]
@@ -296,6 +312,7 @@ def test_report_of_explain_includes_matching_faithfulness_scores(downloads: dict
     run_ok(at)
     png, data = read_report(downloads)
     assert png.size == expected_grid_size(3, 3)  # model view, raw map, overlay
+    assert_no_blank_tiles(png, 3, 3)
     check_predictions(data, DEFAULT, "cat.jpg")
     assert data["target"] == {"index": sel_target, "name": model.categories[sel_target]}
     assert data["faithfulness"] == {
@@ -318,6 +335,7 @@ def test_report_of_compare_methods(downloads: dict[str, bytes], model: explain.M
     layers = widget(at, "multiselect", state.COMPARE_LAYERS).value
     png, data = read_report(downloads)
     assert png.size == expected_grid_size(len(methods) * len(layers), len(methods))
+    assert_no_blank_tiles(png, len(methods) * len(layers), len(methods))
     assert data["methods"] == methods and data["layers"] == layers
     assert len(data["grid"]["captions"]) == len(methods) * len(layers)
     refused = [c for c in data["grid"]["captions"] if c.endswith("(n/a)")]

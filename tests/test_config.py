@@ -1,8 +1,11 @@
 """Upload limits and HTML safety: ``.streamlit/config.toml`` and what the app's sources say about it.
 
-* the server's upload limit is set and sensible, XSRF (and CORS) protection is not switched off;
-* every ``file_uploader`` whose help text states a limit ("up to N MB") states the limit that
-  really applies to it (its own ``max_upload_size``, else ``server.maxUploadSize``);
+* the server's upload limit is set, fits every uploader's own limit (the server refuses anything
+  bigger with HTTP 413, whatever the widget says) and a real VGG-19 checkpoint; XSRF (and CORS)
+  protection is not switched off;
+* the image uploader's limit is the image loader's own (``explain.MAX_IMAGE_MB``) and it says so;
+* every ``file_uploader`` with a limit states it ("up to N MB"), and states the limit that really
+  applies to it (its own ``max_upload_size``, else ``server.maxUploadSize``);
 * no source renders raw HTML built from anything but a constant string.
 
 The checks read the sources with ``ast`` (no Streamlit run), so they are instant.
@@ -22,6 +25,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = REPO / ".streamlit" / "config.toml"
 SOURCES = sorted([REPO / "app.py", *(REPO / "pages").glob("*.py"), *(REPO / "ui").glob("*.py")])
 IMAGE_UPLOADER_KEY = "UPLOAD"  # ui.state.UPLOAD, the image uploader
+WEIGHTS_UPLOADER_KEY = "OWN_WEIGHTS"  # ui.state.OWN_WEIGHTS, the Your model page's weights
+ENGINE_SOURCES = (REPO / "explain" / "io.py", REPO / "explain" / "custom.py")  # ``explain.NAME`` constants
 LIMIT_IN_TEXT = re.compile(r"(?:up to|max(?:imum)?|limit(?:ed to)?)\s*(\d+(?:\.\d+)?)\s*MB", re.IGNORECASE)
 
 
@@ -39,8 +44,8 @@ def server_limit() -> float:
 def test_upload_limit_is_set_and_sensible() -> None:
     limit = config()["server"].get("maxUploadSize")
     assert isinstance(limit, int) and not isinstance(limit, bool), f"server.maxUploadSize = {limit!r}"
-    # Streamlit's default is 200 MB; a classroom dashboard for photos needs far less.
-    assert 1 <= limit <= 50, f"server.maxUploadSize = {limit} MB"
+    # Weights need hundreds of MB; more than a GB held in memory per upload is not sensible here.
+    assert 100 <= limit <= 1024, f"server.maxUploadSize = {limit} MB"
 
 
 def test_xsrf_and_cors_protection_stay_on() -> None:
@@ -81,12 +86,29 @@ def _constants(tree: ast.Module) -> dict[str, object]:
     return out
 
 
+def engine_constants() -> dict[str, object]:
+    """Module constants of the engine files the app refers to as ``explain.NAME``."""
+    out: dict[str, object] = {}
+    for path in ENGINE_SOURCES:
+        out.update(_constants(ast.parse(path.read_text(encoding="utf-8"))))
+    return out
+
+
+def _ref(node: ast.AST, consts: dict[str, object]) -> object:
+    """The value of a module constant ``NAME`` or an engine constant ``explain.NAME``, else None."""
+    if isinstance(node, ast.Name):
+        return consts.get(node.id)
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "explain":
+        return engine_constants().get(node.attr)
+    return None
+
+
 def _text(node: ast.AST, consts: dict[str, object]) -> str | None:
     """The string ``node`` evaluates to when it uses only literals and module constants."""
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
-    if isinstance(node, ast.Name) and isinstance(consts.get(node.id), (str, int, float)):
-        return str(consts[node.id])
+    if isinstance(_ref(node, consts), (str, int, float)):
+        return str(_ref(node, consts))
     if isinstance(node, ast.JoinedStr):
         parts = []
         for v in node.values:
@@ -106,7 +128,7 @@ def _number(node: ast.AST, consts: dict[str, object]) -> float | None:
     try:
         value = ast.literal_eval(node)
     except ValueError:
-        value = consts.get(node.id) if isinstance(node, ast.Name) else None
+        value = _ref(node, consts)
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
@@ -143,25 +165,53 @@ def uploaders() -> list[Uploader]:
     return found
 
 
-def test_the_image_uploader_exists_and_its_limit_is_the_servers() -> None:
-    found = [u for u in uploaders() if u.key == IMAGE_UPLOADER_KEY]
-    assert len(found) == 1, [u.where for u in uploaders()]
-    [image] = found
-    limit = image.own_limit if image.own_limit is not None else server_limit()
-    assert 1 <= limit <= 50, f"{image.where}: images may be {limit} MB"
+def _one(key: str) -> Uploader:
+    found = [u for u in uploaders() if u.key == key]
+    assert len(found) == 1, (key, [(u.where, u.key) for u in uploaders()])
+    return found[0]
+
+
+def test_the_image_uploader_is_limited_by_the_loaders_own_check() -> None:
+    image = _one(IMAGE_UPLOADER_KEY)
+    loader_limit = engine_constants()["MAX_IMAGE_MB"]
+    assert image.own_limit == loader_limit, f"{image.where}: max_upload_size is not explain.MAX_IMAGE_MB"
+    assert image.help is not None and [float(n) for n in LIMIT_IN_TEXT.findall(image.help)] == [loader_limit]
+    assert 1 <= loader_limit <= 50, f"pictures may be {loader_limit} MB"
+    # The server accepts more (weights); the loader itself must refuse a bigger picture.
+    assert server_limit() > loader_limit
+
+
+def test_the_server_accepts_every_uploaders_own_limit() -> None:
+    for u in uploaders():
+        if u.own_limit is not None:
+            assert u.own_limit <= server_limit(), (
+                f"{u.where}: the widget allows {u.own_limit:g} MB but the server refuses anything over "
+                f"{server_limit():g} MB (server.maxUploadSize)"
+            )
+
+
+def test_the_weights_uploader_fits_a_real_vgg19_checkpoint() -> None:
+    from torchvision.models import VGG19_BN_Weights
+
+    weights = _one(WEIGHTS_UPLOADER_KEY)
+    limit = weights.own_limit if weights.own_limit is not None else server_limit()
+    vgg19 = VGG19_BN_Weights.IMAGENET1K_V1.meta["_file_size"]  # MB, torchvision's own figure
+    assert vgg19 <= limit <= server_limit(), (limit, vgg19)
 
 
 @pytest.mark.parametrize("uploader", uploaders(), ids=lambda u: u.where)
 def test_stated_upload_limits_agree_with_the_real_ones(uploader: Uploader) -> None:
-    if uploader.help is None:
-        return  # says nothing about a limit: nothing to disagree with
-    stated = [float(n) for n in LIMIT_IN_TEXT.findall(uploader.help)]
+    stated = [float(n) for n in LIMIT_IN_TEXT.findall(uploader.help or "")]
+    if uploader.own_limit is not None or uploader.key in (IMAGE_UPLOADER_KEY, WEIGHTS_UPLOADER_KEY):
+        assert stated, f"{uploader.where}: an uploader with a limit of its own says nothing about it"
     real = uploader.own_limit if uploader.own_limit is not None else server_limit()
     source = (
         "its max_upload_size" if uploader.own_limit is not None else "server.maxUploadSize in .streamlit/config.toml"
     )
     for n in stated:
         assert n == real, f"{uploader.where}: help says {n:g} MB but {source} is {real:g} MB ({uploader.help!r})"
+    if not stated:  # e.g. the labels file: no limit of its own and none claimed
+        assert uploader.own_limit is None
 
 
 def test_limit_regex_reads_the_usual_phrasings() -> None:

@@ -34,7 +34,8 @@ from PIL import ImageOps
 import explain
 from explain.samples import SAMPLES_DIR, sample_title
 from tests import balancer, server
-from ui import views, widgets
+from ui import text as ui_text
+from ui import widgets
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -60,7 +61,7 @@ class Plan:
 
 
 def _labels(m: explain.Model, image) -> list[str]:
-    return [views.class_label(m.categories, c) for c, _n, _p in explain.explain(m, image).predictions]
+    return [ui_text.class_label(m.categories, c) for c, _n, _p in explain.explain(m, image).predictions]
 
 
 def make_plans(m: explain.Model, tmp: Path) -> list[Plan]:

@@ -221,7 +221,6 @@ def _small_cache_twin(model: explain.Model, capture_cache: int) -> explain.Model
                          model.preprocess, device="cpu", capture_cache=capture_cache)
 
 
-@pytest.mark.slow
 def test_eight_threads_on_one_model_match_a_sequential_run(lite0, small_batches):
     jobs = _jobs(seed=7, n=30)
     lite0.clear_cache()

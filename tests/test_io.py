@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFile
 
 from explain.errors import ExplainError, ImageLoadError
-from explain.io import MAX_ASPECT_RATIO, MIN_SIDE, SUPPORTED_EXTENSIONS, load_image
+from explain.io import MAX_ASPECT_RATIO, MAX_IMAGE_MB, MIN_SIDE, SUPPORTED_EXTENSIONS, load_image
 from explain.samples import SAMPLES_DIR
 
 CASES = build_cases()
@@ -217,9 +217,38 @@ def test_result_is_detached_from_the_file(tmp_path: pathlib.Path) -> None:
     assert len(img.tobytes()) == 64 * 48 * 3
 
 
-def test_limits_are_consistent() -> None:
-    assert MIN_SIDE == 8
-    assert MAX_ASPECT_RATIO == 50
+def _png(width: int, height: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), (90, 120, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_the_limits_hold_at_their_edges() -> None:
+    """Each limit accepts its edge and refuses one past it, saying which limit it is."""
+    assert load_image(_png(MIN_SIDE, MIN_SIDE)).size == (MIN_SIDE, MIN_SIDE)
+    with pytest.raises(ImageLoadError, match="small"):
+        load_image(_png(MIN_SIDE - 1, MIN_SIDE + 5))
+    long = int(MAX_ASPECT_RATIO * MIN_SIDE)
+    assert load_image(_png(long, MIN_SIDE)).size == (long, MIN_SIDE)
+    with pytest.raises(ImageLoadError, match=f"{MAX_ASPECT_RATIO:g}:1"):
+        load_image(_png(long + 1, MIN_SIDE))
+
+
+def test_pictures_over_the_size_limit_are_refused_with_the_limit_named(tmp_path: pathlib.Path) -> None:
+    """PNG readers ignore bytes after the end chunk: a real picture padded to exactly the limit loads,
+    one byte more is refused before decoding, by bytes, path or file object alike."""
+    limit = MAX_IMAGE_MB * 2**20
+    small = _png(32, 32)
+    at_limit = small + b"\0" * (limit - len(small))
+    assert load_image(at_limit).size == (32, 32)
+    over = at_limit + b"\0"
+    path = tmp_path / "huge.png"
+    path.write_bytes(over)
+    for source in (over, path, io.BytesIO(over)):
+        with pytest.raises(ImageLoadError) as err:
+            load_image(source, name="huge.png")
+        message = str(err.value)
+        assert "huge.png" in message and f"{MAX_IMAGE_MB} MB limit" in message and "20.0 MB" in message
 
 
 @pytest.mark.parametrize("ext", SUPPORTED_EXTENSIONS)

@@ -3,8 +3,9 @@
 The sessions share one cached model (``st.cache_resource``); each picks a different sample, method
 and class in the sidebar (``bench/load.py`` with fewer sessions). Every session must end with its
 own sample, method and class in the sidebar, its own class over the overlay and in the sentence,
-no exception or error box, and an overlay picture nearest to the engine's overlay for its own
-selection rather than any other session's. Afterwards the server still serves a fresh session.
+no exception or error box, and an overlay picture byte-identical to the engine's overlay for its own
+selection, computed with the same number of CPU threads (and nearer to it than to any other
+session's). Afterwards the server still serves a fresh session.
 
 Skips only where no Chromium is installed; fails instead when ``CAM_EXPLORER_REQUIRE_BROWSER=1``.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 import explain
 from bench import load
@@ -52,7 +54,10 @@ def test_concurrent_sessions_keep_their_own_results() -> None:
     # Distinct selections, or a session showing another's result could go unnoticed.
     assert len({(p.sample, p.method, p.final_class) for p in plans}) == SESSIONS
     assert len({p.classes[-1] for p in plans}) == SESSIONS
-    with server.streamlit_server(timeout=120) as (url, proc):
+    # The server computes with as many CPU threads as this process: a different thread count sums
+    # in another order and moves about one pixel of an overlay by one level (measured: 1 of 50 176).
+    threads = {"OMP_NUM_THREADS": str(torch.get_num_threads())}
+    with server.streamlit_server(timeout=120, extra_env=threads) as (url, proc):
         results, _wall = asyncio.run(load.concurrent(url, plans, default_label))
         load.crosstalk(results, plans)
         problems = {r.index: r.problems for r in results if r.problems}

@@ -19,6 +19,7 @@ import explain
 from explain import render
 from explain.samples import list_samples
 from explain.teach import walkthrough
+from test_engine_cache import real_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "artifacts"
@@ -131,6 +132,8 @@ class _Session:
         assert m.cached_captures <= m._capture_limit
         # The byte budget may be exceeded by the newest capture alone, never by older ones kept.
         assert m.cached_captures == 1 or m.cached_bytes <= m._capture_budget
+        # Not only the engine's own count: the tensors really held are all counted in it.
+        assert real_bytes(m) <= m.cached_bytes
         self.max_cached_bytes = max(self.max_cached_bytes, m.cached_bytes)
         assert torch.is_grad_enabled()
 

@@ -179,11 +179,13 @@ def _uploader():
 
     No ``type=`` filter: Streamlit enforces one *before* the script runs, so a file that slips past
     the browser's filter would end in Streamlit's generic exception box on every rerun. The loader
-    sniffs the content instead and says exactly what is wrong with a file.
+    sniffs the content instead and says exactly what is wrong with a file. The size limit is the
+    loader's own (``explain.MAX_IMAGE_MB``; the server's is larger, for model weights): set here so
+    that the browser says it, and checked again by the loader, which names it in its message.
     """
     return st.file_uploader(
-        "Upload an image", key=state.UPLOAD,
-        help=f"JPEG, PNG, WebP, BMP, GIF or TIFF, up to {st.get_option('server.maxUploadSize')} MB.",
+        "Upload an image", key=state.UPLOAD, max_upload_size=explain.MAX_IMAGE_MB,
+        help=f"JPEG, PNG, WebP, BMP, GIF or TIFF, up to {explain.MAX_IMAGE_MB} MB.",
     )
 
 
