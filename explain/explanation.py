@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from . import render
-from .methods import DEFAULT_METHOD, Method, get_method
+from .errors import ExplainError, MethodNotApplicableError
+from .methods import DEFAULT_METHOD, Method, all_methods, get_method
 from .model import Model
 from .preprocess import Fit
 from .progress import CancelCheck, Progress, check_image_and_fit
@@ -32,6 +33,9 @@ class Explanation:
     probs: np.ndarray  # [N] probabilities of every class for the unmasked image
     notices: list[str] = field(default_factory=list)
     options: dict[str, float | int] = field(default_factory=dict)  # the method's options, as used
+    #: "Why A rather than B": the class B whose score was subtracted (maps of ``y_A − y_B``), or None.
+    contrast: int | None = None
+    contrast_name: str | None = None
 
     @property
     def method_info(self) -> Method:
@@ -39,9 +43,15 @@ class Explanation:
         return get_method(self.method)
 
     def heatmaps(self, normalize: Normalize = "per_map", smooth: float = 0.0) -> np.ndarray:
-        """``[K, H, W]`` float32 in [0, 1] at the size of the model-view image."""
+        """``[K, H, W]`` float32 in [0, 1] at the size of the model-view image.
+
+        Signed maps (Integrated Gradients) show their positive part, the evidence *for* the class,
+        scaled to its ``clip_percentile``; the evidence against stays in :attr:`maps`.
+        """
         w, h = self.image.size
-        return render.heatmaps(self.maps, (h, w), normalize, smooth, self.method_info.clip_percentile)
+        info = self.method_info
+        maps = self.maps.clamp(min=0) if info.signed else self.maps
+        return render.heatmaps(maps, (h, w), normalize, smooth, info.clip_percentile)
 
     def overlays(
         self,
@@ -73,6 +83,7 @@ def explain(
     fit: Fit = "squash",
     *,
     options: dict[str, object] | None = None,
+    contrast: int | str | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
 ) -> Explanation:
@@ -81,25 +92,35 @@ def explain(
     The forward pass of (model, image, layer) is kept by the model, so calling again with other
     targets or another method of the same layer costs only a batched backward through the head.
     ``options`` are the method's own parameters (``get_method(method).params`` declares them).
+    ``contrast=B`` explains "why each target *rather than* B": the maps of ``y_target − y_B``
+    (methods with ``supports_contrast``; one more row of the same backward pass).
     """
     check_image_and_fit(image, fit, "explain")
     m = get_method(method)
     opts = m.options(options)
+    if contrast is not None:
+        if not m.supports_contrast:
+            able = ", ".join(x.title for x in all_methods() if x.supports_contrast)
+            raise MethodNotApplicableError(
+                f"{m.title} cannot explain one class rather than another (it does not work from the "
+                f"class scores' gradients or weights). Use one of: {able}; or leave out the contrast class."
+            )
+        contrast = model.class_index(contrast)
     if not m.on_input:
         m.check(model, layer or model.default_layer)
     notices: list[str] = []
     try:
         view, x = model.view_and_tensor(image, fit)  # moving the input to the GPU can run out too
-        return _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices)
+        return _run(model, m, view, x, targets, layer, top_k, opts, contrast, progress, cancel, notices)
     except torch.cuda.OutOfMemoryError:
         fallback = model.cpu_twin()
         notices.append("The GPU ran out of memory; this explanation was computed on the CPU instead.")
         model.clear_cache()
         view, x = fallback.view_and_tensor(image, fit)
-        return _run(fallback, m, view, x, targets, layer, top_k, opts, progress, cancel, notices)
+        return _run(fallback, m, view, x, targets, layer, top_k, opts, contrast, progress, cancel, notices)
 
 
-def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices) -> Explanation:
+def _run(model, m, view, x, targets, layer, top_k, opts, contrast, progress, cancel, notices) -> Explanation:
     cap_layer = m.capture_layer(model, layer)
     cap = model.capture(x, cap_layer)
     probs = cap.probs.detach().cpu()
@@ -108,7 +129,17 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
         classes = [predictions[0][0]]
     else:
         classes = _class_indices(model, targets)
-    maps = m.maps(model, cap, classes, progress=progress, cancel=cancel, options=opts)
+    if contrast is not None and contrast in classes:
+        raise ExplainError(
+            f"'{model.categories[contrast]}' is both a target and the class to contrast with: "
+            "'A rather than A' has no map. Pick another class to contrast with."
+        )
+    # The contrast keyword only when used, so that a plug-in method without it still runs.
+    extra = {"contrast": contrast} if contrast is not None else {}
+    maps = m.maps(model, cap, classes, progress=progress, cancel=cancel, options=opts, **extra)
+    note = cap.extras.get(f"notice:{m.name}")
+    if isinstance(note, str):
+        notices.append(note)
     return Explanation(
         model_name=model.name,
         layer=cap_layer,
@@ -121,6 +152,8 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
         probs=probs.numpy(),
         notices=notices,
         options=opts,
+        contrast=contrast,
+        contrast_name=model.categories[contrast] if contrast is not None else None,
     )
 
 
