@@ -5,16 +5,17 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from ui import charts, compute, page, pictures, report, resources, share, state, text
+from ui import charts, compute, page, pictures, report, resources, share, state, text, widgets
 
 with page.guard("explaining the image"):
     sel = page.need_selection()
-    share.publish_page({})  # this page has no parameters of its own
     m = resources.get_model(sel.model_name)
     title = explain.get_method(sel.method).title
     st.header("Where did the model look?")
+    contrast = widgets.contrast_picker(m, sel)
+    share.publish_page({share.CONTRAST: [contrast]} if contrast is not None else {})
     try:
-        r = compute.run_explain(m, sel, [sel.target])
+        r = compute.run_explain(m, sel, [sel.target], contrast=contrast)
     except explain.MethodNotApplicableError as err:
         st.warning(text.md_escape(err))
         st.stop()
@@ -31,7 +32,8 @@ with page.guard("explaining the image"):
         st.markdown(f"**Raw {text.md_escape(title)} map** · {h}×{w} at {text.md_escape(where)}")
         st.image(charts.heatmap_png(raw.numpy(), sel.colormap), width="stretch", output_format="PNG")
     with right:
-        st.markdown(f"**Overlay** · {text.md_escape(text.class_label(m.categories, r.targets[0]))}")
+        rather = f" rather than {text.class_label(m.categories, contrast)}" if contrast is not None else ""
+        st.markdown(f"**Overlay** · {text.md_escape(text.class_label(m.categories, r.targets[0]) + rather)}")
         overlay = compute.overlays(r, sel)[0]
         # PNG: Streamlit's default JPEG smears fine detail (saliency maps) and shifts colours.
         overlay_png = pictures.png(overlay)
