@@ -393,6 +393,11 @@ def _input_gradients(model: Model, batch: torch.Tensor, rows: torch.Tensor) -> t
         ])
 
 
+def _request_key(name: str, classes: Sequence[int], opts: dict, contrast: int | None) -> str:
+    """Key of one request's maps in ``Capture.extras`` (maps of the input that many passes made)."""
+    return f"{name}:{tuple(classes)}:{tuple(sorted(opts.items()))}:{contrast}"
+
+
 def _batches(total: int, size: int) -> list[range]:
     return [range(s, min(total, s + size)) for s in range(0, total, size)]
 
@@ -596,6 +601,9 @@ class SmoothGrad(Method):
 
     def maps(self, model, cap, classes, progress=None, cancel=None, options=None, contrast=None):
         opts = self.options(options)
+        key = _request_key(self.name, classes, opts, contrast)
+        if key in cap.extras:  # e.g. the same input map in every row of the methods × layers grid
+            return cap.extras[key].clone()  # type: ignore[union-attr]
         x = cap.input.detach()
         n = int(opts["samples"])
         sigma = float(opts["noise"]) * float(x.max() - x.min())
@@ -611,7 +619,9 @@ class SmoothGrad(Method):
             total += g.abs().sum(dim=1)
             if progress is not None:
                 progress(done, len(chunks))
-        return (total / n).amax(dim=1).float()
+        maps = (total / n).amax(dim=1).float()
+        cap.set_extra(key, maps)
+        return maps.clone()
 
 
 class IntegratedGradients(Method):
@@ -662,6 +672,9 @@ class IntegratedGradients(Method):
 
     def maps(self, model, cap, classes, progress=None, cancel=None, options=None, contrast=None):
         opts = self.options(options)
+        key = _request_key(self.name, classes, opts, contrast)
+        if key in cap.extras:
+            return cap.extras[key].clone()  # type: ignore[union-attr]
         x = cap.input.detach()
         base = self.baseline(model, x)
         alphas, weights = self.quadrature(int(opts["steps"]))
@@ -678,7 +691,9 @@ class IntegratedGradients(Method):
             total += (g * weights[idx.start : idx.stop][None, :, None, None, None]).sum(dim=1)
             if progress is not None:
                 progress(done, len(chunks))
-        return ((x - base) * total).sum(dim=1).float()
+        maps = ((x - base) * total).sum(dim=1).float()
+        cap.set_extra(key, maps)
+        return maps.clone()
 
 
 _ALL: tuple[Method, ...] = (
