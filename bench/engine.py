@@ -600,11 +600,13 @@ def report_new(cases: list[Case]) -> list[str]:
                 cells.append(" / ".join(f"{'≥ ' if p.variant else ''}{p.ratio:.1f}×" for p in ps) or "–")
             peer = [p for p in rc if p.who in NEW_PEERS]
             plain = [p for p in rc if p.who == "ours (plain Grad-CAM)"]
+            # From the paired ratios (each run over the forward just before it), not raw times, so
+            # that load from other processes on a shared machine cancels out.
             if peer:
-                fastest = min(peer, key=lambda p: p.median)
-                vs = f"{'≥ ' if fastest.variant else ''}{fastest.median / ours_c.median:.1f}× faster"
+                fastest = min(peer, key=lambda p: p.ratio)
+                vs = f"{'≥ ' if fastest.variant else ''}{fastest.ratio / ours_c.ratio:.1f}× faster"
             elif plain:
-                vs = f"{ours_c.median / plain[0].median:.2f}× plain Grad-CAM's time"
+                vs = f"plain Grad-CAM: {plain[0].ratio:.2f}×"
             else:
                 vs = "–"
             lines.append(f"| {model}: {row} | {ours_c.ratio:.2f}× | {' | '.join(cells)} | {vs} |")
