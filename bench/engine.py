@@ -51,6 +51,7 @@ TARGET_EIGHT = 1.25
 TARGET_CAM_ALL = 1.10
 
 SLOW_CASE_S = 1.0  # cases slower than this (per call, after warm-up) get fewer repetitions
+VERY_SLOW_CASE_S = 20.0  # cases slower than this are timed once (their first run, paired with a baseline)
 
 ROW_ONE, ROW_EIGHT, ROW_L3, ROW_CAM = "1 class", "8 classes", "8 classes @ layer3", "CAM, 1000 classes"
 PIL_SUFFIX = " (from PIL)"
@@ -70,6 +71,9 @@ class Case:
     times: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)  # each run / the baseline run just before it
     reps: int = 0
+    #: ``fn`` times one of ``scale`` equal units of the real call (a lower bound of a peer too slow
+    #: to run whole on a shared CPU); figures are multiplied by it.
+    scale: float = 1.0
 
     @property
     def key(self) -> str:
@@ -79,11 +83,11 @@ class Case:
 
     @property
     def median(self) -> float:
-        return statistics.median(self.times)
+        return statistics.median(self.times) * self.scale
 
     @property
     def ratio(self) -> float:
-        return statistics.median(self.ratios)
+        return statistics.median(self.ratios) * self.scale
 
 
 def _sync(device: torch.device) -> Callable[[], None]:
@@ -309,7 +313,12 @@ def measure(cases: list[Case], reps: int, device: torch.device) -> None:
         timed(b.fn)
         timed(b.fn)
     for c in work:
+        tb = timed(bases[(c.model, c.pil)].fn)
         first = timed(c.fn)  # warm-up: allocator, lazy init, the peers' caches
+        if first > VERY_SLOW_CASE_S:
+            # Minutes per run (pytorch-grad-cam's Ablation-CAM of resnet50): this one run is the figure.
+            c.times, c.ratios, c.reps = [first], [first / tb], 0
+            continue
         if first < SLOW_CASE_S:
             timed(c.fn)
         c.reps = reps if first < SLOW_CASE_S else max(3, reps // 4)
@@ -473,6 +482,141 @@ def breakdown(m: explain.Model, layers: dict[str, str], device: torch.device, re
         print(f"   {k:<46}{1000 * v:>8.2f} ms {100 * v / base:>7.1f}%")
 
 
+# ---- the methods of issue 11: each against a plain forward and the peers that have it ------------
+NEW_PEERS = ("pytorch-grad-cam", "Captum")
+
+
+def NEW_ROWS(cases: list[Case]) -> set[str]:  # noqa: N802 - reads like the row-name constants
+    """The row names of the new-method cases (the old report must not see them)."""
+    old = {ROW_ONE, ROW_EIGHT, ROW_L3, ROW_CAM, "forward"}
+    return {c.row for c in cases if c.row not in old}
+
+
+def build_new_method_cases(m: explain.Model, device: torch.device, cleanup: list[Callable[[], None]],
+                           peers: bool = True, ablation_bound: bool = False) -> list[Case]:
+    """Finer-CAM, Eigen-CAM, Ablation-CAM, SmoothGrad, Integrated Gradients and a contrast, one
+    class at the default layer, fresh (our forward pass included); the peers with the same settings
+    (pytorch-grad-cam's FinerCAM/EigenCAM/AblationCAM, Captum's IntegratedGradients and
+    NoiseTunnel(Saliency)), each on its own copy of the weights."""
+    M = explain.methods
+    name = m.name
+    size = m.preprocess.input_size
+    pil = Image.open(SAMPLE).convert("RGB").resize((size, size), Image.BICUBIC)
+    _, x = m.view_and_tensor(pil)
+    with torch.no_grad():
+        probs = m.predict(x)[0]
+    top2 = [int(i) for i in torch.topk(probs, 2).indices]
+    c = top2[0]
+    layer = m.default_layer
+    smooth = explain.get_method(M.SmoothGrad.name).options(None)
+    steps = int(explain.get_method(M.IntegratedGradients.name).options(None)["steps"])
+    sigma = float(smooth["noise"]) * float(x.max() - x.min())
+    rows = {
+        M.FinerCAM.name: "Finer-CAM", M.EigenCAM.name: "Eigen-CAM", M.AblationCAM.name: "Ablation-CAM",
+        M.SmoothGrad.name: f"SmoothGrad ({int(smooth['samples'])} samples)",
+        M.IntegratedGradients.name: f"Integrated Gradients ({steps} steps)",
+    }
+
+    def ours(method: str, contrast: int | None = None) -> Callable[[], object]:
+        meth = explain.get_method(method)
+        extra = {"contrast": contrast} if contrast is not None else {}
+
+        def run() -> object:
+            m.clear_cache()
+            cap = m.capture(x, meth.capture_layer(m, layer))
+            return meth.maps(m, cap, [c], options=meth.options(None), **extra)
+
+        return run
+
+    cases = [Case(name, row, "ours", ours(method)) for method, row in rows.items()]
+    cases.append(Case(name, "Grad-CAM, A rather than B", "ours", ours(M.GradCAM.name, contrast=top2[1])))
+    cases.append(Case(name, "Grad-CAM, A rather than B", "ours (plain Grad-CAM)", ours(M.GradCAM.name)))
+    if not peers:
+        return cases
+    try:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError as exc:  # pragma: no cover
+        print(f"  pytorch-grad-cam not importable ({exc}); skipped")
+    else:
+        for cls, method in ((pgc.EigenCAM, M.EigenCAM.name), (pgc.AblationCAM, M.AblationCAM.name)):
+            peer = _peer_copy(m.module, device)
+            cam = cls(model=peer, target_layers=[_module(peer, layer)])
+            cleanup.append(cam.activations_and_grads.release)
+            if cls is pgc.AblationCAM and ablation_bound:
+                # Its cost is at least one full no-grad forward of a batch of ``batch_size`` copies per
+                # batch of channels (it re-runs the layers below each time): time that unit.
+                channels = m.layer_info(layer).shape[0]
+                xb = x.expand(cam.batch_size, -1, -1, -1).contiguous()
+
+                def unit(peer=peer, xb=xb) -> object:
+                    with torch.no_grad():
+                        return peer(xb)
+
+                cases.append(Case(name, rows[method], "pytorch-grad-cam", unit, variant="lower bound",
+                                  scale=-(-channels // cam.batch_size)))
+                continue
+            cases.append(Case(name, rows[method], "pytorch-grad-cam",
+                              lambda cam=cam: cam(input_tensor=x, targets=[ClassifierOutputTarget(c)])))
+        peer = _peer_copy(m.module, device)
+        finer = pgc.FinerCAM(model=peer, target_layers=[_module(peer, layer)])
+        cleanup.append(finer.base_cam.activations_and_grads.release)
+        cases.append(Case(name, rows[M.FinerCAM.name], "pytorch-grad-cam",
+                          lambda: finer(input_tensor=x, target_idx=c)))
+    try:
+        from captum.attr import IntegratedGradients, NoiseTunnel, Saliency
+    except ImportError as exc:  # pragma: no cover
+        print(f"  Captum not importable ({exc}); skipped")
+    else:
+        base = M.IntegratedGradients.baseline(m, x)
+        ig = IntegratedGradients(_peer_copy(m.module, device))
+        cases.append(Case(name, rows[M.IntegratedGradients.name], "Captum",
+                          lambda: ig.attribute(x, baselines=base, target=c, n_steps=steps, method="gausslegendre",
+                                               internal_batch_size=M.IntegratedGradients.batch_size)))
+        nt = NoiseTunnel(Saliency(_peer_copy(m.module, device)))
+        cases.append(Case(name, rows[M.SmoothGrad.name], "Captum",
+                          lambda: nt.attribute(x, nt_type="smoothgrad", nt_samples=int(smooth["samples"]),
+                                               nt_samples_batch_size=M.SmoothGrad.batch_size, stdevs=sigma, target=c)))
+    return cases
+
+
+def report_new(cases: list[Case]) -> list[str]:
+    """The README table of the new methods: each as a multiple of a plain forward."""
+    header = ["| case (1 class, default layer) | ours | pytorch-grad-cam | Captum | ours vs the fastest peer |",
+              "|---|---|---|---|---|"]
+    lines = []
+    base = {c.model: c for c in cases if c.who == "baseline" and not c.pil}
+    for model in dict.fromkeys(c.model for c in cases):
+        mc = [c for c in cases if c.model == model and c.who != "baseline"]
+        for row in dict.fromkeys(c.row for c in mc):
+            rc = [c for c in mc if c.row == row]
+            mine = [c for c in rc if c.who == "ours"]
+            if not mine:
+                continue
+            ours_c = mine[0]
+            cells = []
+            for who in NEW_PEERS:
+                ps = [p for p in rc if p.who == who]
+                cells.append(" / ".join(f"{'≥ ' if p.variant else ''}{p.ratio:.1f}×" for p in ps) or "–")
+            peer = [p for p in rc if p.who in NEW_PEERS]
+            plain = [p for p in rc if p.who == "ours (plain Grad-CAM)"]
+            # From the paired ratios (each run over the forward just before it), not raw times, so
+            # that load from other processes on a shared machine cancels out.
+            if peer:
+                fastest = min(peer, key=lambda p: p.ratio)
+                vs = f"{'≥ ' if fastest.variant else ''}{fastest.ratio / ours_c.ratio:.1f}× faster"
+            elif plain:
+                vs = f"plain Grad-CAM: {plain[0].ratio:.2f}×"
+            else:
+                vs = "–"
+            lines.append(f"| {model}: {row} | {ours_c.ratio:.2f}× | {' | '.join(cells)} | {vs} |")
+        lines.append(f"| {model}: plain forward | {1000 * base[model].median:.0f} ms | | | |")
+    print()
+    print("\n".join(header + lines))
+    return header + lines
+
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; returns 0 (the numbers are the result, not a pass/fail)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -482,6 +626,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default="efficientnet_lite0,resnet50", help="comma list (default: both)")
     p.add_argument("--json", metavar="PATH", help="also save the numbers as JSON")
     p.add_argument("--profile", action="store_true", help="also break our overhead over a plain forward down by part")
+    p.add_argument("--new-methods", choices=("yes", "no", "only"), default="yes",
+                   help="also time issue 11's methods against their peers (only: nothing else)")
+    p.add_argument("--ablation-peer", choices=("full", "bound"), default="full",
+                   help="pytorch-grad-cam's AblationCAM run whole, or its lower bound (its full forwards of "
+                        "one batch, times the number of batches): minutes per call on a small CPU")
     args = p.parse_args(argv)
     device = torch.device(args.device)
     reps = args.reps or (5 if args.quick else 15)
@@ -500,6 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             layers["layer3"] = "layer3"
         models[name] = (m, layers)
         cases, facts[name] = build_cases(m, layers, device, cleanup)
+        if args.new_methods == "only":
+            cases = [c for c in cases if c.who == "baseline"]
         all_cases += cases
     for c in all_cases:  # our cases run alone first, so that this RSS is the engine's own
         c.fn()
@@ -507,12 +658,19 @@ def main(argv: list[str] | None = None) -> int:
     peak_ours = _peak_rss_mib()
     for name, (m, layers) in models.items():
         print(f"{name}: building the peers' cases ...")
-        cases, f = build_cases(m, layers, device, cleanup, peers=True)
-        all_cases += cases
-        facts[name]["agreement"] = f["agreement"]
+        if args.new_methods != "only":
+            cases, f = build_cases(m, layers, device, cleanup, peers=True)
+            all_cases += cases
+            facts[name]["agreement"] = f["agreement"]
+        if args.new_methods != "no":
+            all_cases += build_new_method_cases(m, device, cleanup, ablation_bound=args.ablation_peer == "bound")
     try:
         measure(all_cases, reps, device)
-        result = report(all_cases, facts)
+        result = report([c for c in all_cases if c.row not in NEW_ROWS(all_cases)], facts) \
+            if args.new_methods != "only" else {"models": {}}
+        if args.new_methods != "no":
+            result["markdown_new_methods"] = report_new(
+                [c for c in all_cases if c.who == "baseline" or c.row in NEW_ROWS(all_cases)])
         if args.profile:
             for m, layers in models.values():
                 breakdown(m, layers, device)

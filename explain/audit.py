@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .errors import ExplainError, ImageLoadError, UnknownClassError
+from .explanation import explain as explain_one
 from .io import load_image
 from .methods import DEFAULT_METHOD, get_method
 from .progress import CancelCheck, Progress
@@ -351,6 +352,7 @@ class Worker:
         self.model = model
         self.method = get_method(method)
         self.layer = self.method.capture_layer(model, layer)
+        self.layer_arg = layer
         self.target = target
         self.fit = fit
         self.settings_key = settings_key
@@ -429,12 +431,18 @@ class Worker:
             classes = [int(e.label) for e, _r, _i in good]  # type: ignore[arg-type]
         else:
             classes = [int(c) for c in pred.tolist()]
-        grads = cap.gradients(classes) if self.method.needs_gradients else None
         maps = []
-        for i, cls in enumerate(classes):
-            pic = cap.picture(i, cls, grads)
-            maps.append(self.method.maps(model, pic, [cls])[0])
-        del cap, grads
+        if self.method.batchable:
+            grads = cap.gradients(classes) if self.method.needs_gradients else None
+            for i, cls in enumerate(classes):
+                pic = cap.picture(i, cls, grads)
+                maps.append(self.method.maps(model, pic, [cls])[0])
+            del grads
+        else:  # the method needs each picture's own graph: explain() picture by picture
+            for (_e, _r, image), cls in zip(good, classes):
+                r = explain_one(model, image, targets=[cls], layer=self.layer_arg, method=self.method.name, fit=self.fit)
+                maps.append(r.maps[0].to(model.device))
+        del cap
         m = torch.stack(maps).detach().float()
         self._measure(m, good, classes, pred, conf, probs)
         return m.cpu().numpy().astype(np.float32, copy=False)

@@ -27,7 +27,7 @@ from .cli_common import EXIT_IMAGE_FAILED, EXIT_OK, EXIT_USAGE, UsageError, _err
 from .preprocess import POLARITIES
 from .render import OVERLAY_MODES
 from .errors import ExplainError, UnknownClassError
-from .explanation import explain
+from .explanation import explain, predict_top
 from .io import load_image
 from .methods import DEFAULT_METHOD, Method, all_methods, get_method
 from .model import Model
@@ -101,6 +101,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="greyscale models: auto (read from the picture, default), dark_on_light or light_on_dark")
     p.add_argument("--fit", default="squash", help="squash (whole picture, default) or crop (centre crop)")
     p.add_argument(
+        "--contrast", default=None, metavar="CLASS",
+        help="explain each target *rather than* this class (index or name): the map of the score "
+        "difference; gradient methods and CAM only",
+    )
+    p.add_argument(
+        "--option", action="append", default=[], metavar="NAME=VALUE",
+        help="a method option, repeatable (e.g. --option steps=64); each method declares its own",
+    )
+    p.add_argument(
         "--weights", default="default",
         help="default (real weights; torchvision models need them cached) or none (random init)",
     )
@@ -171,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.layer_info(args.layer)  # UnknownLayerError before any image is read
             method.check(model, args.layer or model.default_layer)
         classes = [resolve_class(model, c) for c in targets.classes]
+        args.contrast_index = resolve_class(model, args.contrast) if args.contrast is not None else None
+        if args.contrast_index is not None and args.contrast_index in classes:
+            raise UsageError(f"--contrast {args.contrast}: the class to contrast with is also a target")
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
     except (UsageError, ExplainError) as exc:
@@ -217,7 +229,25 @@ def _check_options(args: argparse.Namespace) -> tuple[Method, TargetSpec]:
         raise UsageError(f"unknown fit {args.fit!r}: use one of {', '.join(FITS)}")
     if args.weights.lower() not in ("default", "none"):
         raise UsageError(f"unknown weights {args.weights!r}: use default or none")
+    if args.contrast is not None and not method.supports_contrast:
+        able = ", ".join(m.name for m in all_methods() if m.supports_contrast)
+        raise UsageError(f"--contrast: {method.title} cannot explain one class rather than another; use one of {able}")
+    args.options = parse_options(method, args.option)
     return method, parse_targets(args.targets)
+
+
+def parse_options(method: Method, items: Sequence[str]) -> dict[str, float | int]:
+    """``--option name=value`` pairs, checked against the method's declared parameters."""
+    given: dict[str, object] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise UsageError(f"--option {item!r}: write NAME=VALUE, e.g. steps=64")
+        given[name.strip()] = value.strip()
+    try:
+        return method.options(given)
+    except ExplainError as exc:
+        raise UsageError(f"--option: {exc}") from None
 
 
 def _load(args: argparse.Namespace) -> Model:
@@ -237,14 +267,15 @@ def _explain_one(
 ) -> None:
     image = load_image(image_path)
     top_k = max(DEFAULT_PREDICTIONS, targets.top)
+    contrast = getattr(args, "contrast_index", None)
+    kw = {"options": getattr(args, "options", None), "contrast": contrast}
     if targets.top:
-        r = explain(model, image, None, args.layer, method.name, top_k, args.fit, polarity=args.polarity)
-        if targets.top > 1:
-            # The capture is cached by the model, so this repeats only the backward pass.
-            chosen = [i for i, _, _ in r.predictions[: targets.top]]
-            r = explain(model, image, chosen, args.layer, method.name, top_k, args.fit, polarity=args.polarity)
+        # The capture is cached by the model, so the second call repeats only the backward pass.
+        first = predict_top(model, image, args.fit, layer=args.layer, method=method.name, k=top_k + 1)
+        chosen = [i for i, _, _ in first if i != contrast][: targets.top]
+        r = explain(model, image, chosen, args.layer, method.name, top_k, args.fit, polarity=args.polarity, **kw)
     else:
-        r = explain(model, image, classes, args.layer, method.name, top_k, args.fit, polarity=args.polarity)
+        r = explain(model, image, classes, args.layer, method.name, top_k, args.fit, polarity=args.polarity, **kw)
 
     overlays = r.overlays(args.normalize, args.colormap, args.alpha, args.smooth, mode=args.overlay_mode,
                           heat_weight=args.heat_weight, image_weight=args.image_weight, on=args.on)
@@ -274,6 +305,8 @@ def _explain_one(
         "predictions": [{"index": i, "name": n, "prob": p} for i, n, p in r.predictions],
         "targets": [{"index": c, "name": n, "prob": r.prob(c)} for c, n in zip(r.targets, r.target_names)],
         "empty_targets": [c for k, c in enumerate(r.targets) if r.empty(k)],  # maps zero everywhere
+        "contrast": None if r.contrast is None else {"index": r.contrast, "name": r.contrast_name, "prob": r.prob(r.contrast)},
+        "options": dict(r.options),
         "maps": maps_name,
         "map_shape": list(r.maps.shape),
         "overlays": names,
@@ -282,8 +315,9 @@ def _explain_one(
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     arrow = _arrow(sys.stdout)
     label = pathlib.Path(image_path).name
+    rather = f" rather than {r.contrast_name}" if r.contrast_name is not None else ""
     for c, n, name in zip(r.targets, r.target_names, names):
-        print(f"{label}: {n} ({100 * r.prob(c):.1f}%) {arrow} {out / name}")
+        print(f"{label}: {n} ({100 * r.prob(c):.1f}%){rather} {arrow} {out / name}")
 
 
 def _unique_stem(stem: str, used: set[str]) -> str:

@@ -10,11 +10,11 @@ import torch
 from PIL import Image
 
 from . import render
-from .methods import DEFAULT_METHOD, Method, get_method
+from .errors import ExplainError, MethodNotApplicableError
+from .methods import DEFAULT_METHOD, Method, all_methods, get_method
 from .model import Model
 from .preprocess import Fit, check_polarity
 from .progress import CancelCheck, Progress, check_image_and_fit
-from .errors import ExplainError
 from .render import Normalize
 
 #: ``heatmaps("relative")``: the scale relative to the top class's map (``explain(relative=True)``).
@@ -57,6 +57,9 @@ class Explanation:
         peak = self.reference[1]
         top = float(self.maps[index].max())
         return max(top, 0.0) / peak if peak > 0 else 0.0
+    #: "Why A rather than B": the class B whose score was subtracted (maps of ``y_A − y_B``), or None.
+    contrast: int | None = None
+    contrast_name: str | None = None
 
     @property
     def method_info(self) -> Method:
@@ -78,10 +81,14 @@ class Explanation:
             if self.reference is None:
                 raise ExplainError("A scale relative to the top class needs explain(..., relative=True).")
             peak, normalize = max(self.reference[1], 1e-12), "max"
-        clip = self.method_info.clip_percentile
+        info = self.method_info
+        clip = info.clip_percentile
+        # Signed maps (Integrated Gradients) show their positive part, the evidence *for* the class;
+        # the evidence against stays in :attr:`maps`.
+        maps = self.maps.clamp(min=0) if info.signed else self.maps
         if on == "view":
             w, h = self.image.size
-            return render.heatmaps(self.maps, (h, w), normalize, smooth, clip, peak)
+            return render.heatmaps(maps, (h, w), normalize, smooth, clip, peak)
         if on != "original":
             raise ExplainError(f"Unknown target picture {on!r}: use 'view' or 'original'.")
         if self.original is None or self.view_box is None:
@@ -89,7 +96,7 @@ class Explanation:
         w0, h0 = self.original.size
         x0, y0, x1, y1 = self.view_box
         sigma = smooth * (x1 - x0) / max(self.image.size[0], 1)
-        inner = render.heatmaps(self.maps, (y1 - y0, x1 - x0), normalize, sigma, clip, peak)
+        inner = render.heatmaps(maps, (y1 - y0, x1 - x0), normalize, sigma, clip, peak)
         if (x0, y0, x1, y1) == (0, 0, w0, h0):
             return inner
         out = np.zeros((inner.shape[0], h0, w0), np.float32)
@@ -141,6 +148,7 @@ def explain(
     fit: Fit = "squash",
     *,
     options: dict[str, object] | None = None,
+    contrast: int | str | None = None,
     progress: Progress | None = None,
     cancel: CancelCheck | None = None,
     polarity: str = "auto",
@@ -155,15 +163,25 @@ def explain(
     light or light on dark, or say which; a picture drawn the other way round from the model's
     training pictures is flipped. ``relative`` also computes the top class's map (same method and
     layer) so that ``heatmaps("relative")`` and :meth:`Explanation.strength` can compare with it.
+    ``contrast=B`` explains "why each target *rather than* B": the maps of ``y_target − y_B``
+    (methods with ``supports_contrast``; one more row of the same backward pass).
     """
     check_image_and_fit(image, fit, "explain")
     check_polarity(polarity)
     m = get_method(method)
     opts = m.options(options)
+    if contrast is not None:
+        if not m.supports_contrast:
+            able = ", ".join(x.title for x in all_methods() if x.supports_contrast)
+            raise MethodNotApplicableError(
+                f"{m.title} cannot explain one class rather than another (it does not work from the "
+                f"class scores' gradients or weights). Use one of: {able}; or leave out the contrast class."
+            )
+        contrast = model.class_index(contrast)
     if not m.on_input:
         m.check(model, layer or model.default_layer)
     notices: list[str] = []
-    extra = (image, fit, polarity, relative)
+    extra = (image, fit, polarity, relative, contrast)
     try:
         view, x = model.view_and_tensor(image, fit, polarity)  # moving the input to the GPU can run out too
         return _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices, extra)
@@ -181,7 +199,8 @@ def empty_notice(name: str) -> str:
 
 
 def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notices, extra) -> Explanation:
-    image, fit, polarity, relative = extra
+    image, fit, polarity, relative, contrast = extra
+    relative = relative and contrast is None  # the relative scale compares plain class maps
     cap_layer = m.capture_layer(model, layer)
     cap = model.capture(x, cap_layer)
     probs = cap.probs.detach().cpu()
@@ -190,9 +209,16 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
         classes = [predictions[0][0]]
     else:
         classes = _class_indices(model, targets)
+    if contrast is not None and contrast in classes:
+        raise ExplainError(
+            f"'{model.categories[contrast]}' is both a target and the class to contrast with: "
+            "'A rather than A' has no map. Pick another class to contrast with."
+        )
+    # The contrast keyword only when used, so that a plug-in method without it still runs.
     top1 = predictions[0][0]
     wanted = classes + ([top1] if relative and top1 not in classes else [])
-    all_maps = m.maps(model, cap, wanted, progress=progress, cancel=cancel, options=opts)
+    kw = {"contrast": contrast} if contrast is not None else {}
+    all_maps = m.maps(model, cap, wanted, progress=progress, cancel=cancel, options=opts, **kw)
     maps = all_maps[: len(classes)]
     reference = None
     if relative:
@@ -204,6 +230,9 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
     for i, c in enumerate(classes):
         if not bool((maps[i] > 0).any()):
             notices.append(empty_notice(model.categories[c]))
+    note = cap.extras.get(f"notice:{m.name}")
+    if isinstance(note, str):
+        notices.append(note)
     reading = model.preprocess.read(view, polarity)
     original = image.convert("RGB") if image.mode != "RGB" else image
     return Explanation(
@@ -224,6 +253,8 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
         polarity_auto=polarity == "auto",
         polarity_flipped=model.preprocess.flips(reading) != bool(model.preprocess.invert),
         reference=reference,
+        contrast=contrast,
+        contrast_name=model.categories[contrast] if contrast is not None else None,
     )
 
 

@@ -14,6 +14,7 @@ see each other's requests.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import hashlib
@@ -21,7 +22,7 @@ import threading
 import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from PIL import Image
@@ -44,11 +45,60 @@ FALLBACK_INIT_STD = 0.02
 class _TapRequest:
     module: nn.Module
     leaf: torch.Tensor | None = None
+    #: When set, the tap hands on ``replace(output)`` instead of making a leaf (Ablation-CAM's
+    #: full-pass fallback: the layer's output with channels zeroed).
+    replace: Callable[[torch.Tensor], torch.Tensor] | None = None
+    done: bool = False
 
 
 _ACTIVE_TAP: contextvars.ContextVar[_TapRequest | None] = contextvars.ContextVar(
     "cam_explorer_tap", default=None
 )
+
+
+class _Gate:
+    """Readers–writer gate around every forward pass the engine runs.
+
+    ``torch.fx`` tracing (Ablation-CAM's split of a model at its target layer) patches
+    ``nn.Module.__call__`` for the whole process while it runs; a forward pass of another thread in
+    that moment would be recorded into the trace (or fail). Forwards hold the gate shared (many at
+    once); a trace holds it alone, once per (model, layer).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writing = False
+
+    @contextlib.contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._writing or self._readers:
+                self._cond.wait()
+            self._writing = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writing = False
+                self._cond.notify_all()
+
+
+#: The one gate of the process (see :class:`_Gate`).
+FORWARD_GATE = _Gate()
 
 
 class _Tap:
@@ -70,6 +120,11 @@ class _Tap:
         if request is None or request.leaf is not None or request.module is not self.forward.__self__:
             return output
         assert isinstance(output, torch.Tensor)
+        if request.replace is not None:
+            if request.done:
+                return output
+            request.done = True
+            return request.replace(output)
         leaf = output.detach().requires_grad_(True)
         request.leaf = leaf
         torch.set_grad_enabled(True)  # thread-local; restored by Model.capture
@@ -173,6 +228,11 @@ class Capture:
     def layer_name(self) -> str:
         return self.layer.name if self.layer is not None else INPUT_LAYER
 
+    @property
+    def layer_output(self) -> torch.Tensor:
+        """The target layer's output ``[1, ...]`` in its own layout (tokens stay tokens), detached."""
+        return self._leaf.detach()
+
     def gradients(self, classes: Sequence[int]) -> torch.Tensor:
         """d logit[c] / d activation for each class, ``[K, C, h, w]``, one backward for the new ones."""
         with self._lock:
@@ -227,6 +287,14 @@ class Capture:
     def held_bytes(self) -> int:
         """Bytes of everything this capture accumulated after its forward pass (gradients, extras)."""
         return self._held
+
+    def row_gradients(self, rows: torch.Tensor) -> torch.Tensor:
+        """Gradients of ``rows @ logits`` (``rows`` ``[K, N]``: any mix of classes, e.g. a +1/−1 row
+        for "A rather than B" or Finer-CAM's weighted row) as ``[K, C, h, w]``; one batched backward,
+        not cached."""
+        with self._lock:
+            grads = self._batched_grad(rows.to(self.logits.device, self.logits.dtype)[:, None, :])
+        return to_grid(grads.flatten(0, 1), self.layer) if self.layer is not None else grads.flatten(0, 1)
 
     def _batched_grad(self, onehot: torch.Tensor) -> torch.Tensor:
         try:
@@ -289,10 +357,11 @@ class BatchCapture:
         cap.probs = self.probs[index]
         cap._leaf = None
         cap.activation = self.activation[index]
-        cap._grads = {} if grads is None else {int(cls): grads[index].detach()}
-        cap.extras = {}
-        cap._lock = threading.Lock()
-        cap.cost = 0
+        cap._grads = OrderedDict() if grads is None else OrderedDict({int(cls): grads[index].detach()})
+        cap.extras = {}  # not cached by the model: nothing to charge
+        cap._lock = threading.RLock()
+        cap.cost = cap._held = 0
+        cap._limit = cap._charge = cap._key = None
         return cap
 
 
@@ -342,13 +411,14 @@ class Model:
         self.categories = list(categories)
         self.preprocess = preprocess
         example = torch.zeros(1, preprocess.in_channels, preprocess.input_size, preprocess.input_size, device=self.device)
-        self._table: LayerTable = discover(module, example)
+        with FORWARD_GATE.shared():
+            self._table: LayerTable = discover(module, example)
         if default_layer is not None and self._table.get(default_layer) is None:
             raise ExplainError(f"Model '{name}' declares default layer '{default_layer}', which is no candidate layer.")
         self._default_layer = default_layer
         #: The sample photo the dashboard starts with for this model (a digit for greyscale input).
         self.default_sample = default_sample or (GREY_SAMPLE if preprocess.in_channels == 1 else COLOUR_SAMPLE)
-        with torch.no_grad():
+        with torch.no_grad(), FORWARD_GATE.shared():
             out = module(example)
         if out.ndim != 2 or out.shape[1] != len(self.categories):
             raise ExplainError(
@@ -445,10 +515,18 @@ class Model:
 
     def predict(self, batch: torch.Tensor) -> torch.Tensor:
         """Class probabilities ``[B, N]`` of a normalised batch; a plain no-grad forward."""
-        with torch.no_grad():
+        with torch.no_grad(), FORWARD_GATE.shared():
             logits = self.module(batch.to(self.device))
         self.stats.add(forward_passes=1)
         return torch.softmax(logits.float(), dim=1)
+
+    def logits_with_grad(self, batch: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, N]`` of ``batch`` with autograd on, for gradients with respect to the input
+        (the parameters are frozen, so nothing is written to the shared model)."""
+        with torch.enable_grad(), FORWARD_GATE.shared():
+            logits = self.module(batch)
+        self.stats.add(forward_passes=1)
+        return logits
 
     def capture(self, inputs: torch.Tensor, layer: str | None) -> Capture:
         """The (cached) capture of one input tensor at one layer; ``INPUT_LAYER`` for input gradients."""
@@ -517,7 +595,8 @@ class Model:
         grad_mode = torch.is_grad_enabled()
         try:
             torch.set_grad_enabled(False)
-            logits = self.module(inputs)
+            with FORWARD_GATE.shared():
+                logits = self.module(inputs)
         finally:
             torch.set_grad_enabled(grad_mode)
             _ACTIVE_TAP.reset(token)
@@ -528,7 +607,7 @@ class Model:
 
     def _forward_input(self, inputs: torch.Tensor) -> Capture:
         x = inputs.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), FORWARD_GATE.shared():
             logits = self.module(x)
         self.stats.add(forward_passes=1, captures=1)
         return Capture(None, x, logits, x)
@@ -562,6 +641,25 @@ class Model:
         if request.leaf is None:
             raise ExplainError(f"Layer '{info.name}' did not run in the forward pass of '{self.name}'.")
         return BatchCapture(info, inputs, logits, request.leaf)
+    def forward_replacing(
+        self, inputs: torch.Tensor, layer: str, replace: Callable[[torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
+        """Logits ``[B, N]`` of a no-grad forward in which ``layer``'s output is ``replace(output)``.
+
+        Works through the layer's inert tap, for this thread only: the shared module is not changed.
+        """
+        target = self._modules[self.layer_info(layer).name]
+        request = _TapRequest(target, replace=replace)
+        token = _ACTIVE_TAP.set(request)
+        try:
+            with torch.no_grad(), FORWARD_GATE.shared():
+                logits = self.module(inputs.to(self.device))
+        finally:
+            _ACTIVE_TAP.reset(token)
+        self.stats.add(forward_passes=1)
+        if not request.done:
+            raise ExplainError(f"Layer '{layer}' did not run in the forward pass of '{self.name}'.")
+        return logits
 
     def clear_cache(self) -> None:
         """Drop every kept capture (frees their memory)."""

@@ -67,20 +67,35 @@ with page.guard("comparing classes"):
         ),
     )
     st.caption(SHARED_WHY)
+    info = explain.get_method(sel.method)
+    top = sel.predictions[0][0] if sel.predictions else None
+    against = st.toggle(
+        "Each against the top class", key=state.AGAINST_TOP, disabled=not info.supports_contrast or top is None,
+        help=("Each map shows why the model says that class *rather than* its top guess "
+              f"({categories[top] if top is not None else '—'}): the map of the difference of the two scores."
+              if info.supports_contrast else
+              f"{info.title} cannot explain one class rather than another; pick a gradient method or CAM."),
+    )
+    contrast = top if against and info.supports_contrast else None
 
     classes = list(ss[state.COMPARE_CLASSES])
     share.publish_page({share.CLASSES: classes})
+    if contrast is not None:
+        if contrast in classes:
+            st.caption(text.md_escape(f"{text.class_label(categories, contrast)} is the top class itself, so it is left out."))
+        classes = [c for c in classes if c != contrast]
     if not classes:
-        st.info("Pick at least one class above.")
+        st.info("Pick at least one class above" + (" other than the top class." if contrast is not None else "."))
         st.stop()
     try:
-        r = compute.run_explain(m, sel, classes)
+        r = compute.run_explain(m, sel, classes, contrast=contrast)
     except explain.MethodNotApplicableError as err:
         st.warning(text.md_escape(err))
         st.stop()
     tiles = compute.overlays(r, sel, normalize="shared" if shared else "per_map")
+    rather = f" rather than {categories[contrast]}" if contrast is not None else ""
     # A map that is zero everywhere says so under its tile (and in a notice below), not as a flat colour alone.
-    captions = [f"{text.class_label(categories, cls)} — {text.percent(r.prob(cls))}"
+    captions = [f"{text.class_label(categories, cls)} — {text.percent(r.prob(cls))}{rather}"
                 + (" — no part raises this score" if r.empty(i) else "") for i, cls in enumerate(r.targets)]
     for row in range(0, len(tiles), COLUMNS):
         cols = st.columns(COLUMNS)
@@ -90,5 +105,6 @@ with page.guard("comparing classes"):
     extra = {
         "classes": [{"index": c, "name": categories[c], "probability": r.prob(c)} for c in r.targets],
         "scale": "shared" if shared else "per_map",
+        "rather_than": None if contrast is None else {"index": contrast, "name": categories[contrast]},
     }
     report.download_button(st.container(), "compare_classes", m, sel, tiles, captions, columns=COLUMNS, extra=extra)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 import explain
-from ui import charts, compute, page, pictures, report, resources, share, state, text
+from ui import charts, compute, page, pictures, report, resources, share, state, text, widgets
 
 RELATIVE_HELP = (
     "On: the map is divided by the top class's map maximum (same method and layer), so weak evidence "
@@ -14,15 +14,18 @@ RELATIVE_HELP = (
 
 with page.guard("explaining the image"):
     sel = page.need_selection()
-    share.publish_page({})  # this page has no parameters of its own
     m = resources.get_model(sel.model_name)
     title = explain.get_method(sel.method).title
     st.header("Where did the model look?")
+    contrast = widgets.contrast_picker(m, sel)
+    share.publish_page({share.CONTRAST: [contrast]} if contrast is not None else {})
     ss = st.session_state
     ss.setdefault(state.EXPLAIN_RELATIVE, True)
-    relative = st.toggle("Scale relative to the top class", key=state.EXPLAIN_RELATIVE, help=RELATIVE_HELP)
+    # With a contrast class the map is of a score difference: no top-class map to compare with.
+    relative = st.toggle("Scale relative to the top class", key=state.EXPLAIN_RELATIVE, help=RELATIVE_HELP,
+                         disabled=contrast is not None) and contrast is None
     try:
-        r = compute.run_explain(m, sel, [sel.target], relative=relative)
+        r = compute.run_explain(m, sel, [sel.target], relative=relative, contrast=contrast)
     except explain.MethodNotApplicableError as err:
         st.warning(text.md_escape(err))
         st.stop()
@@ -40,7 +43,8 @@ with page.guard("explaining the image"):
         st.markdown(f"**Raw {text.md_escape(title)} map** · {h}×{w} at {text.md_escape(where)}")
         st.image(charts.heatmap_png(raw.numpy(), sel.raw_cmap), width="stretch", output_format="PNG")
     with right:
-        st.markdown(f"**Overlay** · {text.md_escape(text.class_label(m.categories, r.targets[0]))}")
+        rather = f" rather than {text.class_label(m.categories, contrast)}" if contrast is not None else ""
+        st.markdown(f"**Overlay** · {text.md_escape(text.class_label(m.categories, r.targets[0]) + rather)}")
         overlay = compute.overlays(r, sel, normalize=normalize)[0]
         # PNG: Streamlit's default JPEG smears fine detail (saliency maps) and shifts colours.
         overlay_png = pictures.png(overlay)

@@ -192,7 +192,7 @@ def deletion_insertion_section(m: explain.Model, sel: state.Selection, class_nam
     rows = _recall(FAITH_RUNS, run)
     if rows is None:
         images = (int(steps) + 1) * 2 * (len(methods) + 1)
-        slow = "".join(f" {explain.get_method(n).title} adds extra forward passes (one per channel of the layer)."
+        slow = "".join(f" {explain.get_method(n).title} adds extra passes of the network (its default options)."
                        for n in methods if explain.get_method(n).slow)
         st.caption(f"This runs the model on about {images} altered pictures.{slow}")
         if not _requested(FAITH_REQUEST, run):

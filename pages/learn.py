@@ -16,7 +16,7 @@ from PIL import Image
 
 import explain
 from explain import Walkthrough, walkthrough
-from ui import page, pictures, resources, state, text
+from ui import compute, page, pictures, resources, state, text
 
 TOP_CHANNELS = 4
 LATEX_TERMS = 3  # terms of the weighted sum written out with their numbers
@@ -183,6 +183,28 @@ def why_part(cam: Walkthrough | None, grad: Walkthrough) -> None:
     st.markdown(WHY_GRADCAM)
 
 
+def contrast_part(m: explain.Model, sel, class_name: str) -> None:
+    """"Why A rather than B": the same sum, with the difference of two rows of weights."""
+    runners = [i for i, _n, _p in sel.predictions if i != sel.target]
+    if not runners:
+        return
+    other = runners[0]
+    st.subheader("4 · Why this class rather than another?")
+    st.latex(r"M^{A-B} = \mathrm{ReLU}\Big(\sum_k \big(w_k^A - w_k^B\big)\,A^k\Big),\qquad "
+             r"\frac{\partial (y^A - y^B)}{\partial A^k} = \frac{\partial y^A}{\partial A^k} - \frac{\partial y^B}{\partial A^k}")
+    st.markdown(text.md_escape(
+        f"To ask why the model says '{class_name}' rather than '{m.categories[other]}', explain the difference "
+        "of the two scores. Its weights are the difference of two rows: CAM's two rows of the linear layer, "
+        "or Grad-CAM's two averaged gradients (one more row of the same backward pass). The map keeps what "
+        f"speaks for '{class_name}' more than for '{m.categories[other]}'."
+    ))
+    r = compute.run_explain(m, sel, [sel.target], method=explain.TEACH_GRADCAM, contrast=other)
+    left, _ = st.columns([1, 2])
+    pictures.show(left, compute.overlays(r, sel)[0],
+                  caption=text.md_escape(f"Grad-CAM: {text.class_label(m.categories, sel.target)} rather than "
+                                         f"{m.categories[other]}"))
+
+
 with page.guard("preparing the lesson"):
     sel = page.need_selection()
     m = resources.get_model(sel.model_name)
@@ -222,3 +244,5 @@ with page.guard("preparing the lesson"):
     gradcam_part(grad, sel, class_name, after_cam=cam is not None)
     st.divider()
     why_part(cam, grad)
+    st.divider()
+    contrast_part(m, sel, class_name)

@@ -231,7 +231,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "scorecam-without-progress-bar", "ui/compute.py",
-        "                            progress=progress, polarity=sel.polarity", "                            polarity=sel.polarity",
+        "                            progress=progress, **kw)", "                            **kw)",
         ("tests/test_app.py::test_digit_model_gets_a_digit_its_layer_and_its_class",),
         "Score-CAM run without updating its progress bar",
     ),

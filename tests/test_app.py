@@ -372,7 +372,7 @@ def test_digit_model_gets_a_digit_its_layer_and_its_class(monkeypatch: pytest.Mo
     assert "Raw Score-CAM map" in markdown_text(at) and main_images(at) == 3
     # The bar was drawn and filled as the masked passes went (it is removed when the map is done).
     assert len(bars) >= 2 and bars[0][0] == 0.0 and bars[-1][0] == 1.0, bars
-    assert "masked images" in bars[-1][1] and [v for v, _t in bars] == sorted(v for v, _t in bars)
+    assert "extra passes" in bars[-1][1] and [v for v, _t in bars] == sorted(v for v, _t in bars)
     monkeypatch.undo()
 
     widget(at, "selectbox", state.METHOD).select("gradcam")  # Score-CAM on the big model takes minutes

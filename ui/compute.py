@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import streamlit as st
 
 import explain
+from ui import params
 from ui.state import Selection
 from ui.text import md_escape
 
@@ -21,16 +22,20 @@ def run_explain(
     method: str | None = None,
     where: st.delta_generator.DeltaGenerator | None = None,
     relative: bool = False,
+    contrast: int | None = None,
 ) -> explain.Explanation:
-    """``explain.explain`` for the selection, with a spinner, or a progress bar for Score-CAM.
+    """``explain.explain`` for the selection, with a spinner, or a progress bar for slow methods.
 
-    Raises the engine's errors (``MethodNotApplicableError`` etc.) for the caller to show.
+    The method runs with the options the user chose for it (:func:`ui.params.options_for`);
+    ``contrast`` explains each target rather than that class. Raises the engine's errors
+    (``MethodNotApplicableError`` etc.) for the caller to show.
     """
     method = method or sel.method
     layer = layer or sel.layer
     where = where if where is not None else st.container()
     info = explain.get_method(method)
     title = info.title
+    kw = {"options": params.options_for(method), "contrast": contrast, "polarity": sel.polarity, "relative": relative}
     if info.slow:
         bar = where.progress(0.0, text=f"{title}: running the extra forward passes…")
 
@@ -39,12 +44,11 @@ def run_explain(
             bar.progress(min(1.0, done / max(total, 1)), text=f"{title}: {done} of {total} extra passes")
 
         r = explain.explain(m, sel.image, targets=list(targets), layer=layer, method=method, fit=sel.fit,
-                            progress=progress, polarity=sel.polarity, relative=relative)
+                            progress=progress, **kw)
         bar.empty()
         return r
     with where, st.spinner(f"Computing {title}…"):
-        return explain.explain(m, sel.image, targets=list(targets), layer=layer, method=method, fit=sel.fit,
-                               polarity=sel.polarity, relative=relative)
+        return explain.explain(m, sel.image, targets=list(targets), layer=layer, method=method, fit=sel.fit, **kw)
 
 
 def overlays(r: explain.Explanation, sel: Selection, normalize: str | None = None, on: str | None = None) -> list:

@@ -32,12 +32,13 @@ MODEL, SAMPLE, FIT, LAYER, METHOD, TARGET = "model", "sample", "fit", "layer", "
 COLORMAP, ALPHA, SMOOTH, NORMALIZE, CONTOUR = "colormap", "alpha", "smooth", "normalize", "contour"
 CLASSES, METHODS, LAYERS = "classes", "methods", "layers"  # Compare classes / Compare methods & layers
 OVERLAY, RAW_COLORMAP = "overlay", "rawcolormap"
+CONTRAST = "rather"  # Explain: the class of "why A rather than B"
 
 #: Parameters written by the sidebar (every page).
 COMMON: tuple[str, ...] = (MODEL, SAMPLE, FIT, LAYER, METHOD, TARGET, COLORMAP, ALPHA, SMOOTH, NORMALIZE, CONTOUR,
                            OVERLAY, RAW_COLORMAP)
 #: Parameters that belong to one page; other pages drop them.
-PAGE_ONLY: tuple[str, ...] = (CLASSES, METHODS, LAYERS)
+PAGE_ONLY: tuple[str, ...] = (CLASSES, METHODS, LAYERS, CONTRAST)
 KNOWN = COMMON + PAGE_ONLY
 
 MAX_VALUE_CHARS = 2000  # longer values are not even parsed
@@ -274,6 +275,14 @@ def apply_classes(link: Incoming | None, m: explain.Model, digest: str) -> None:
     if classes is not None:
         ss[state.COMPARE_CLASSES] = classes
         ss[state.COMPARE_CONTEXT] = (m.name, digest)
+    rather = link.take(CONTRAST)
+    if rather is not None:
+        index = _class_index(rather, m)
+        if index is None:
+            link.ignore(CONTRAST, rather, f"not a class index of {m.name} (0–{m.num_classes - 1})")
+        else:
+            ss[state.CONTRAST] = index
+            ss[state.CONTRAST_CONTEXT] = (m.name, digest)
 
 
 # ---- writing ------------------------------------------------------------------------------------
@@ -332,7 +341,7 @@ def publish_page(values: Mapping[str, list[int] | list[str]]) -> None:
     uploaded_model = mine is not None and sel is not None and mine.name == sel.model_name
     out: dict[str, str | None] = {name: None for name in PAGE_ONLY}
     for name, items in values.items():
-        if uploaded_model and name in (CLASSES, LAYERS):
+        if uploaded_model and name in (CLASSES, LAYERS, CONTRAST):
             continue
         out[name] = ",".join(str(i) for i in items) if items else None
     _write(out)

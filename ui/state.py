@@ -45,6 +45,11 @@ POLARITY = "cx.polarity"  # radio (greyscale models): explain.preprocess.POLARIT
 
 # ---- widget keys (pages) ---------------------------------------------------------------------
 COMPARE_CLASSES = "cx.compare.classes"  # multiselect of class indices
+CONTRAST = "cx.explain.contrast"  # selectbox: class index B of "why A rather than B", or None (Explain page)
+CONTRAST_CONTEXT = "cx.explain.contrast_context"  # (model, image digest) the contrast class was chosen for
+AGAINST_TOP = "cx.compare.against_top"  # toggle: each compared class against the top class
+#: Prefix of the method-option widgets: ``option_key(method, param)`` (drawn from ``Method.params``).
+OPTION_PREFIX = "cx.option."
 SHARED_SCALE = "cx.compare.shared"  # toggle mirrored onto NORMALIZE
 COMPARE_METHODS = "cx.grid.methods"  # multiselect of method names
 COMPARE_LAYERS = "cx.grid.layers"  # multiselect of layer names
@@ -92,6 +97,13 @@ FAITH_REQUEST = "cx.faith.request"  # run key whose curves the user asked for, u
 SANITY_REQUEST = "cx.faith.sanity_request"  # the same for the sanity check
 
 IMAGE_SOURCES: tuple[str, ...] = ("Sample", "Upload", "Camera")
+#: A declared parameter with a wider range than this is a number box, not a slider (e.g. a seed).
+SLIDER_MAX_SPAN = 1000
+
+
+def option_key(method: str, param: str) -> str:
+    """Session key of the widget for option ``param`` of ``method``."""
+    return f"{OPTION_PREFIX}{method}.{param}"
 NORMALIZE_LABELS: dict[str, str] = {"per_map": "per map", "shared": "shared"}
 FIT_LABELS: dict[str, str] = {"squash": "squash", "crop": "centre crop"}
 NORMALIZE_LABELS["max"] = "max"
@@ -118,6 +130,7 @@ class Selection:
     normalize: str = "per_map"
     contour: bool = False
     fit: str = "squash"
+    options: dict[str, float | int] = field(default_factory=dict)  # of ``method``, from its option widgets
     overlay_mode: str = "blend"
     heat_weight: float = 0.5
     image_weight: float = 1.0

@@ -47,16 +47,18 @@ def explanation_caption(r: explain.Explanation, index: int = 0) -> str:
     top_i, top_name, top_p = r.predictions[0]
     target, name = r.targets[index], r.target_names[index]
     method = r.method_info
+    # "Why A rather than B": the map is of the score difference, and the sentence says so.
+    rather = f" rather than '{r.contrast_name}'" if r.contrast_name is not None else ""
     if r.empty(index):
         # A flat map highlights nothing: no sentence that claims a region.
         return md_escape(f"The model gives '{name}' {percent(r.prob(target))}. "
                          f"No part of the picture raises the score of '{name}' at this layer.")
     if target == top_i:
         opening = f"The model is {percent(top_p)} sure this is {_article(top_name)} {top_name}; "
-        rest = method.reading(f"its score for '{name}'")
+        rest = method.reading(f"its score for '{name}'{rather}")
     else:
         opening = f"The model's top guess is {top_name} ({percent(top_p)}); for '{name}' ({percent(r.prob(target))}) "
-        rest = method.reading("that score")
+        rest = method.reading(f"that score{rather}")
     return md_escape(opening + rest)
 
 

@@ -15,7 +15,7 @@ import streamlit as st
 from PIL import Image
 
 import explain
-from ui import charts, course, resources, share, state, text
+from ui import charts, course, params, resources, share, state, text
 
 from ui.state import DEFAULT_SAMPLE, DIGIT_SAMPLE, GALLERY_COLUMNS, SMOOTH_MAX, TOP_K  # noqa: F401 (re-exported)
 
@@ -46,6 +46,7 @@ def sidebar() -> state.Selection | None:
         class_box = st.container()
         share.apply_method(link)
         method = method_picker()
+        options = params.method_options(method)
         share.apply_layer(link, m)
         layer = layer_picker(m)
         with class_box:
@@ -64,6 +65,7 @@ def sidebar() -> state.Selection | None:
         predictions=predictions,
         fit=fit,
         polarity=polarity,
+        options=options,
         **display,
     )
     state.store(sel)
@@ -265,10 +267,14 @@ def method_picker() -> str:
     """The method selectbox (Grad-CAM by default)."""
     ss = st.session_state
     ss.setdefault(state.METHOD, explain.DEFAULT_METHOD)
-    return st.selectbox(
+    name = st.selectbox(
         "Method", explain.method_names(), key=state.METHOD, format_func=text.method_title,
         help="How the map is made. " + " ".join(f"{m.title}: {m.summary}" for m in explain.all_methods()),
     )
+    info = explain.get_method(name)
+    # The one-line "what it shows", under the picker, for whoever does not know the method.
+    st.caption(text.md_escape(info.summary + ("" if info.class_specific else " Not class-specific.")))
+    return name
 
 
 def layer_label(m: explain.Model, name: str, shape: tuple[int, ...]) -> str:
@@ -330,6 +336,44 @@ def class_picker(
 
 # The course's classes: the lesson's nine ImageNet ids as it uses them (see ui/course.py).
 COURSE_CLASSES = tuple(f"{i} ({label})" for i, label in course.LESSON_CLASSES)
+
+
+NO_CONTRAST = -1  # the contrast picker's "nothing" entry (a selectbox option must be hashable and sortable)
+
+
+def contrast_picker(m: explain.Model, sel: state.Selection) -> int | None:
+    """The optional "…rather than" class of the Explain page (runners-up first); ``None`` for none.
+
+    Disabled, with a reason, for methods that cannot explain one class rather than another.
+    """
+    ss = st.session_state
+    info = explain.get_method(sel.method)
+    context = (m.name, sel.image_digest)
+    value = ss.get(state.CONTRAST)
+    if ss.get(state.CONTRAST_CONTEXT) != context and ss.get(state.CONTRAST_CONTEXT) is not None:
+        value = NO_CONTRAST  # another model or picture: its runners-up differ
+    if not isinstance(value, int) or not (value == NO_CONTRAST or 0 <= value < m.num_classes):
+        value = NO_CONTRAST
+    ss[state.CONTRAST] = value
+    ss[state.CONTRAST_CONTEXT] = context
+    runners = [i for i, _n, _p in sel.predictions if i != sel.target]
+    others = [i for i in range(m.num_classes) if i != sel.target and i not in runners]
+    options = [NO_CONTRAST, *runners, *others]
+    if value not in options:  # the contrast class became the target
+        ss[state.CONTRAST] = value = NO_CONTRAST
+
+    def label(i: int) -> str:
+        if i == NO_CONTRAST:
+            return "— (no contrast)"
+        return text.class_label(m.categories, i) + (" · runner-up" if i in runners else "")
+
+    why = (f"Explains why the model says {m.categories[sel.target]!r} rather than this class: the map of "
+           "the difference of the two scores.")
+    if not info.supports_contrast:
+        why = f"{info.title} cannot explain one class rather than another; pick a gradient method or CAM."
+    choice = st.selectbox("…rather than", options, key=state.CONTRAST, format_func=label,
+                          disabled=not info.supports_contrast, help=why)
+    return None if choice == NO_CONTRAST or not info.supports_contrast else int(choice)
 
 
 def course_classes(m: explain.Model) -> list[int]:
