@@ -33,7 +33,12 @@ async def _drive(base_url: str, accuracy: str, console: list[str]) -> None:
             await server.wait_idle(page, FIRST_LOAD_MS)
             await server.choose(page, "Model", "digits_lenet (embedded)")
             await server.wait_idle(page, FIRST_LOAD_MS)
-            await page.get_by_text("scikit-learn digits (1,797 labelled)").wait_for(timeout=FIRST_LOAD_MS)
+            digits = page.get_by_text("scikit-learn digits (1,797 labelled)")
+            await digits.wait_for(timeout=FIRST_LOAD_MS)
+            # Pick the set explicitly and let that rerun finish: on a loaded machine a click on Run
+            # could otherwise land while the page still shows the previous model's default set.
+            await digits.click()
+            await server.wait_idle(page, FIRST_LOAD_MS)
             await page.get_by_role("button", name="Run the audit").click()
             await page.get_by_text("Possible shortcuts").wait_for(timeout=RUN_MS)
             await server.settle(page, RUN_MS)
