@@ -374,22 +374,12 @@ class Worker:
             if e.label is not None:
                 row["label_name"] = cats[e.label]
             if e.item.error:
-                row["error"] = e.item.error
-                row["key"] = _key("", e.item.file, self.settings_key)
-                if row["key"] in self.done:
-                    self.skipped += 1
-                    continue
-                rows.append(row)
+                self._unreadable(row, e, e.item.error, rows)
                 continue
             try:
                 data = self.reader.read(e.item)
             except (OSError, ExplainError, RuntimeError) as exc:
-                row["error"] = _reason(exc, "could not be read")
-                row["key"] = _key("", e.item.file, self.settings_key)
-                if row["key"] in self.done:
-                    self.skipped += 1
-                    continue
-                rows.append(row)
+                self._unreadable(row, e, _reason(exc, "could not be read"), rows)
                 continue
             digest = content_hash(data)
             row["hash"] = digest
@@ -416,6 +406,16 @@ class Worker:
             return rows, np.zeros((0, 0, 0), np.float32)
         maps = self._explain(good)
         return rows, maps
+
+    def _unreadable(self, row: dict, e: Entry, reason: str, rows: list[dict]) -> None:
+        """A file that could not be read: a row with its reason, keyed by name (it has no content
+        hash), unless an earlier run already recorded it."""
+        row["error"] = reason
+        row["key"] = _key("", e.item.file, self.settings_key)
+        if row["key"] in self.done:
+            self.skipped += 1
+        else:
+            rows.append(row)
 
     def _explain(self, good: list[tuple[Entry, dict, Image.Image]]) -> np.ndarray:
         model, pre = self.model, self.model.preprocess
