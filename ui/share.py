@@ -263,26 +263,26 @@ def apply_classes(link: Incoming | None, m: explain.Model, digest: str) -> None:
     if link is None:
         return
     ss = st.session_state
-    value = link.take(TARGET)
-    if value is not None:
-        index = _class_index(value, m)
-        if index is None:
-            link.ignore(TARGET, value, f"not a class index of {m.name} (0–{m.num_classes - 1})")
-        else:
-            ss[state.TARGET] = index
-            ss[state.TARGET_CONTEXT] = (m.name, digest)  # so the top-1 default does not replace it
+    # The context is stored with each class so that the top-1 default does not replace it.
+    _apply_class(link, TARGET, m, state.TARGET, state.TARGET_CONTEXT, digest)
     classes = _class_list(link, CLASSES, m)
     if classes is not None:
         ss[state.COMPARE_CLASSES] = classes
         ss[state.COMPARE_CONTEXT] = (m.name, digest)
-    rather = link.take(CONTRAST)
-    if rather is not None:
-        index = _class_index(rather, m)
-        if index is None:
-            link.ignore(CONTRAST, rather, f"not a class index of {m.name} (0–{m.num_classes - 1})")
-        else:
-            ss[state.CONTRAST] = index
-            ss[state.CONTRAST_CONTEXT] = (m.name, digest)
+    _apply_class(link, CONTRAST, m, state.CONTRAST, state.CONTRAST_CONTEXT, digest)
+
+
+def _apply_class(link: Incoming, param: str, m: explain.Model, key: str, context_key: str, digest: str) -> None:
+    """One class index from the link into session state ``key`` (with its context), or one warning."""
+    value = link.take(param)
+    if value is None:
+        return
+    index = _class_index(value, m)
+    if index is None:
+        link.ignore(param, value, f"not a class index of {m.name} (0–{m.num_classes - 1})")
+    else:
+        st.session_state[key] = index
+        st.session_state[context_key] = (m.name, digest)
 
 
 # ---- writing ------------------------------------------------------------------------------------
