@@ -227,9 +227,9 @@ def _run(model, m, view, x, targets, layer, top_k, opts, progress, cancel, notic
         peak = float(torch.quantile(ref.flatten(), m.clip_percentile / 100.0)) if m.clip_percentile else float(ref.max())
         reference = (top1, max(peak, 0.0))
     maps = maps.detach().to("cpu", torch.float32)
-    for i, c in enumerate(classes):
-        if not bool((maps[i] > 0).any()):
-            notices.append(empty_notice(model.categories[c]))
+    # One vectorised test for all targets (CAM for 1000 classes must not loop over tensors).
+    for i in (~(maps.flatten(1) > 0).any(dim=1)).nonzero().flatten().tolist():
+        notices.append(empty_notice(model.categories[classes[i]]))
     note = cap.extras.get(f"notice:{m.name}")
     if isinstance(note, str):
         notices.append(note)
