@@ -39,7 +39,7 @@ with page.guard("comparing classes"):
     categories = m.categories
     picker.multiselect(
         "Classes", range(m.num_classes), key=state.COMPARE_CLASSES, max_selections=MAX_CLASSES,
-        format_func=lambda i: text.class_label(categories, i), placeholder="Type to search classes…",
+        format_func=text.class_labels(categories).__getitem__, placeholder="Type to search classes…",
     )
     lesson = widgets.course_classes(m)
     if lesson:

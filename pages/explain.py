@@ -63,9 +63,12 @@ with page.guard("explaining the image"):
     compute.show_notices(r)
 
     stem = f"{r.model_name}_{r.method}_{r.targets[0]}".replace("+", "p")
-    download = overlay if sel.on_original else compute.overlays(r, sel, normalize=normalize, on="original")[0]
+    # The download is at the original size: the overlay shown, or (shown on the model's view) drawn
+    # on the original only when the button is clicked.
+    download = overlay_png if sel.on_original else (
+        lambda: pictures.png(compute.overlays(r, sel, normalize=normalize, on="original")[0]))
     d1, d2, d3, _ = st.columns([1, 1, 1, 1])
-    d1.download_button("Download overlay (PNG)", pictures.png(download), file_name=f"{stem}_overlay.png",
+    d1.download_button("Download overlay (PNG)", download, file_name=f"{stem}_overlay.png",
                        mime="image/png", on_click="ignore", help="At the original picture's size.")
     d2.download_button("Download raw map (.npy)", pictures.npy_bytes(r.maps.numpy()), file_name=f"{stem}_map.npy",
                        mime="application/octet-stream", on_click="ignore")

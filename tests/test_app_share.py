@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import zipfile
 
 import numpy as np
@@ -23,6 +24,7 @@ from app_helpers import (
     widget,
 )
 from PIL import Image
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.runtime.state.query_params_proxy import QueryParamsProxy
 from streamlit.testing.v1 import AppTest
@@ -30,6 +32,7 @@ from streamlit.testing.v1 import AppTest
 import explain
 from explain import render
 from explain.metrics import FaithfulnessResult
+from explain.samples import SAMPLES_DIR
 from ui import report, resources, share, state, widgets
 
 DEFAULT = explain.DEFAULT_MODEL
@@ -230,16 +233,39 @@ def test_link_is_only_rewritten_when_something_changed(monkeypatch: pytest.Monke
 
 @pytest.fixture
 def downloads(monkeypatch: pytest.MonkeyPatch) -> dict[str, bytes]:
-    """Files handed to download buttons, by file name (the bytes the browser would get)."""
+    """Files handed to download buttons, by file name (the bytes the browser would get).
+
+    A file made on click (a callable) is made here at once, in a thread of its own as the server
+    does it: outside the script, where there is no session state to lean on.
+    """
     seen: dict[str, bytes] = {}
     original = MemoryMediaFileStorage.load_and_get_id
+    original_deferred = MediaFileManager.add_deferred
 
     def record(self, path_or_data, mimetype, kind, filename=None):
         if filename and isinstance(path_or_data, bytes):
             seen[filename] = path_or_data
         return original(self, path_or_data, mimetype, kind, filename)
 
+    def record_deferred(self, data_callable, mimetype, coordinates, file_name=None, **kw):
+        out: list = []
+
+        def click() -> None:
+            try:
+                out.append(data_callable())
+            except BaseException as exc:  # noqa: BLE001 - handed to the test below
+                out.append(exc)
+
+        worker = threading.Thread(target=click)
+        worker.start()
+        worker.join()
+        if isinstance(out[0], BaseException):
+            raise AssertionError(f"the download {file_name} failed when clicked") from out[0]
+        seen[file_name] = out[0]
+        return original_deferred(self, data_callable, mimetype, coordinates, file_name=file_name, **kw)
+
     monkeypatch.setattr(MemoryMediaFileStorage, "load_and_get_id", record)
+    monkeypatch.setattr(MediaFileManager, "add_deferred", record_deferred)
     return seen
 
 
@@ -325,6 +351,23 @@ def test_report_of_explain_includes_matching_faithfulness_scores(downloads: dict
     downloads.clear()
     run_ok(at)
     assert "faithfulness" not in read_report(downloads)[1]
+
+
+@pytest.mark.parametrize("on_original", [True, False])
+def test_overlay_download_is_the_overlay_at_the_original_size(downloads: dict[str, bytes], on_original: bool) -> None:
+    """Shown on the original, the download is the very picture shown; shown on the model's view, it is
+    drawn on the original when clicked."""
+    at = new_app()
+    at.session_state[state.ON_ORIGINAL] = on_original
+    run_ok(at)
+    target = widget(at, "selectbox", state.TARGET).value
+    [name] = [n for n in downloads if n.endswith("_overlay.png")]
+    got = np.asarray(Image.open(io.BytesIO(downloads[name])).convert("RGB"))
+    m = resources.get_model(DEFAULT)
+    r = explain.explain(m, explain.load_image(SAMPLES_DIR / "cat.jpg"), targets=[target], relative=True)
+    want = np.asarray(r.overlays(explain.RELATIVE, on="original")[0].convert("RGB"))
+    assert got.shape == want.shape == (*r.original.size[::-1], 3)
+    assert np.array_equal(got, want)
 
 
 def test_report_of_compare_methods(downloads: dict[str, bytes], model: explain.Model) -> None:

@@ -133,6 +133,16 @@ def test_colorize_is_rgb_order():
     assert len(set(gray[0, 1].tolist())) == 1
 
 
+@pytest.mark.parametrize("cmap", [c for c in explain.COLORMAPS if c != render.CV2_JET])
+def test_colorize_is_exactly_matplotlibs_colours(cmap):
+    """The 256-entry table gives matplotlib's own colours, bin edges and NaN included."""
+    heat = np.random.default_rng(1).random((64, 64)).astype(np.float32)
+    heat[0, :6] = [0.0, 1.0, 0.5, np.nextafter(np.float32(1), np.float32(0)), 1 / 256, 255 / 256]
+    heat[1, 1] = np.nan
+    want = (render.mpl_colormap(cmap)(np.clip(heat, 0, 1))[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    assert np.array_equal(render.colorize(heat, cmap), want)
+
+
 @pytest.mark.parametrize("cmap", explain.COLORMAPS)
 def test_every_listed_colormap_works(cmap):
     rgb = render.colorize(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4), cmap)
@@ -237,11 +247,16 @@ def test_grid_size_and_captions():
         render.grid([])
 
 
-def test_png_bytes_round_trip():
-    img = _photo()
-    data = render.to_png_bytes(img)
+@pytest.mark.parametrize("level", [0, 1, 3, 6])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P"])
+def test_png_bytes_round_trip(mode, level):
+    """Lossless in every mode and at every level (the fast ones go through OpenCV, in BGR order)."""
+    img = _photo().convert(mode)
+    data = render.to_png_bytes(img, compress_level=level)
     assert data.startswith(b"\x89PNG")
-    assert np.array_equal(np.asarray(Image.open(io.BytesIO(data))), np.asarray(img))
+    back = Image.open(io.BytesIO(data))
+    assert back.mode == img.mode
+    assert np.array_equal(np.asarray(back), np.asarray(img))
 
 
 # ---- through an explanation ---------------------------------------------------------------------

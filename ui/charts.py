@@ -10,7 +10,7 @@ import streamlit as st
 
 import explain
 
-from ui.pictures import FAST_PNG
+from ui.pictures import png
 from ui.text import percent
 
 
@@ -46,10 +46,10 @@ def _shorten(text: str, n: int) -> str:
 def heatmap_png(raw: np.ndarray, colormap: str) -> bytes:
     """The raw map with its colour bar as PNG bytes (``explain.render.raw_map_image``).
 
-    No matplotlib and no cache: the picture takes ~1 ms to compose (the colour bar is drawn once
-    per colormap), less than hashing it for a cache would save.
+    No matplotlib: the picture takes ~1 ms to compose (the colour bar is drawn once per colormap);
+    its PNG is encoded once per distinct picture (:func:`ui.pictures.png`).
     """
-    return explain.render.to_png_bytes(explain.render.raw_map_image(raw, colormap), compress_level=FAST_PNG)
+    return png(explain.render.raw_map_image(raw, colormap))
 
 
 def show_top5(predictions: Sequence[tuple[int, str, float]]) -> None:

@@ -6,7 +6,10 @@ and shifts colours; :func:`show` always sends PNG.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import threading
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,12 +27,36 @@ if TYPE_CHECKING:
 FAST_PNG = 1
 
 
+#: Bytes of PNG kept by :func:`png` for pictures seen again (the view on a class change, the tiles
+#: of a grid that gained one class): hashing the pixels costs a tenth of encoding them.
+PNG_CACHE_BYTES = 48 * 2**20
+_png_cache: OrderedDict[tuple, bytes] = OrderedDict()
+_png_cache_size = 0
+_png_lock = threading.Lock()
+
+
 def png(image) -> bytes:
     """A page picture as PNG bytes (exact pixels, unlike Streamlit's default JPEG), encoded fast.
 
     Show it with ``output_format="PNG"``: on "auto" Streamlit re-encodes opaque pictures as JPEG.
+    Keyed by the pixels themselves, so a picture that did not change is not encoded again, for any
+    session (the same pixels make the same file).
     """
-    return explain.render.to_png_bytes(image, compress_level=FAST_PNG)
+    global _png_cache_size
+    key = (image.mode, image.size, hashlib.blake2b(image.tobytes(), digest_size=20).digest())
+    with _png_lock:
+        data = _png_cache.get(key)
+        if data is not None:
+            _png_cache.move_to_end(key)
+            return data
+    data = explain.render.to_png_bytes(image, compress_level=FAST_PNG)
+    with _png_lock:
+        if key not in _png_cache and len(data) <= PNG_CACHE_BYTES:
+            _png_cache[key] = data
+            _png_cache_size += len(data)
+            while _png_cache_size > PNG_CACHE_BYTES:
+                _png_cache_size -= len(_png_cache.popitem(last=False)[1])
+    return data
 
 
 def show(where: "st.delta_generator.DeltaGenerator", image: "Image.Image", caption: str | None = None) -> bytes:

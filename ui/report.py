@@ -95,23 +95,17 @@ def settings_json(
     return report
 
 
-def build_zip(
-    page: str,
-    m: explain.Model,
-    sel: state.Selection,
-    tiles: Sequence[Image.Image],
-    captions: Sequence[str],
-    columns: int,
-    extra: Mapping[str, object] | None = None,
-) -> bytes:
-    """The report as .zip bytes: ``report.png`` (the grid) and ``report.json``."""
+def zip_report(settings: Mapping[str, object], tiles: Sequence[Image.Image], captions: Sequence[str],
+               columns: int) -> bytes:
+    """The report as .zip bytes: ``report.png`` (the grid of ``tiles``) and ``report.json``
+    (``settings``, from :func:`settings_json`, and the grid's layout)."""
     sheet = render.grid(list(tiles), list(captions), columns=columns, tile=TILE)
-    data = settings_json(page, m, sel, extra)
+    data = dict(settings)
     data["grid"] = {"columns": max(1, min(columns, len(tiles))), "tiles": len(tiles), "tile": TILE,
                     "captions": list(captions), "size": list(sheet.size)}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
-        # The PNG is compressed already: stored, not deflated again (built on every rerun).
+        # The PNG is compressed already: stored, not deflated again.
         z.writestr(PNG_NAME, render.to_png_bytes(sheet, compress_level=3), compress_type=zipfile.ZIP_STORED)
         z.writestr(JSON_NAME, json.dumps(data, indent=2, ensure_ascii=False))
     return buf.getvalue()
@@ -127,10 +121,20 @@ def download_button(
     columns: int,
     extra: Mapping[str, object] | None = None,
 ) -> None:
-    """The "Download report" button (a .zip) for the grid shown on ``page``."""
+    """The "Download report" button (a .zip) for the grid shown on ``page``.
+
+    The zip is made when the button is clicked, not on every rerun (it costs as much as the rest
+    of the page). What it reads from this session (the faithfulness scores) is read now: the
+    click is served outside the script, where there is no session state.
+    """
     if not tiles:
         return
-    data = build_zip(page, m, sel, tiles, captions, columns, extra)
+    settings = settings_json(page, m, sel, extra)
+    tiles, captions = list(tiles), list(captions)
+
+    def data() -> bytes:
+        return zip_report(settings, tiles, captions, columns)
+
     stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{m.name}_{page}")[:80]
     where.download_button(
         "Download report (.zip)", data, file_name=f"{stem}_report.zip", mime="application/zip",

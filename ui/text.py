@@ -6,6 +6,7 @@ text or as Markdown with its special characters escaped; nothing here renders ra
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 
@@ -23,6 +24,17 @@ def md_escape(text: object) -> str:
 def class_label(categories: Sequence[str], index: int) -> str:
     """``"281 · tabby"``: how a class is shown in pickers and captions."""
     return f"{index} · {categories[index]}"
+
+
+@functools.lru_cache(maxsize=16)
+def _labels(categories: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f"{i} · {name}" for i, name in enumerate(categories))
+
+
+def class_labels(categories: Sequence[str]) -> tuple[str, ...]:
+    """Every class's :func:`class_label`, made once per list of names: a 1000-class picker asks for
+    all of them on every rerun."""
+    return _labels(tuple(categories))
 
 
 def percent(p: float) -> str:

@@ -321,10 +321,9 @@ def class_picker(
         ss[state.TARGET_CONTEXT] = context
     elif not valid:
         ss[state.TARGET] = 0
-    categories = m.categories
     target = st.selectbox(
         "Class to explain", range(m.num_classes), key=state.TARGET,
-        format_func=lambda i: text.class_label(categories, i),
+        format_func=text.class_labels(m.categories).__getitem__,
         help="Type to search. Defaults to the model's top guess.",
     )
     course.lesson_picker(m, int(target))
@@ -362,10 +361,12 @@ def contrast_picker(m: explain.Model, sel: state.Selection) -> int | None:
     if value not in options:  # the contrast class became the target
         ss[state.CONTRAST] = value = NO_CONTRAST
 
+    labels = text.class_labels(m.categories)
+
     def label(i: int) -> str:
         if i == NO_CONTRAST:
             return "— (no contrast)"
-        return text.class_label(m.categories, i) + (" · runner-up" if i in runners else "")
+        return labels[i] + (" · runner-up" if i in runners else "")
 
     why = (f"Explains why the model says {m.categories[sel.target]!r} rather than this class: the map of "
            "the difference of the two scores.")
