@@ -16,27 +16,17 @@ SHARED_WHY = (
 )
 
 
-with page.guard("comparing classes"):
-    sel = page.need_selection()
-    m = resources.get_model(sel.model_name)
+@st.fragment
+def class_grid(m: explain.Model, sel: state.Selection) -> None:
+    """The class picker and the grid. A fragment: picking classes reruns this, not the sidebar."""
+    with page.guard("comparing classes"):
+        _class_grid(m, sel)
+
+
+def _class_grid(m: explain.Model, sel: state.Selection) -> None:
     ss = st.session_state
-    st.header("Compare classes")
-    st.caption(f"Which parts of the same picture speak for each class? {text.md_escape(explain.get_method(sel.method).title)} "
-               f"at layer {text.md_escape(sel.layer)}.")
-
-    # Default: the top-5 of this image, again whenever the model or the image change.
-    context = (m.name, sel.image_digest)
-    chosen = ss.get(state.COMPARE_CLASSES)
-    if ss.get(state.COMPARE_CONTEXT) != context or not isinstance(chosen, list) or any(
-        not isinstance(c, int) or not 0 <= c < m.num_classes for c in chosen
-    ):
-        ss[state.COMPARE_CLASSES] = [i for i, _n, _p in sel.predictions]
-        ss[state.COMPARE_CONTEXT] = context
-    # Mirrors the sidebar's colour-scale radio both ways.
-    ss[state.SHARED_SCALE] = sel.normalize == "shared"
-
-    picker, buttons = st.columns([4, 1], vertical_alignment="bottom")
     categories = m.categories
+    picker, buttons = st.columns([4, 1], vertical_alignment="bottom")
     picker.multiselect(
         "Classes", range(m.num_classes), key=state.COMPARE_CLASSES, max_selections=MAX_CLASSES,
         format_func=text.class_labels(categories).__getitem__, placeholder="Type to search classes…",
@@ -60,13 +50,7 @@ with page.guard("comparing classes"):
                     ),
                     help=f"Replace {wrong} ({name}) by {right} ({m.categories[right]}).",
                 )
-    shared = st.toggle(
-        "Shared scale", key=state.SHARED_SCALE,
-        on_change=widgets.on_change_set(
-            state.NORMALIZE, lambda: "shared" if st.session_state[state.SHARED_SCALE] else "per_map"
-        ),
-    )
-    st.caption(SHARED_WHY)
+    shared = bool(ss.get(state.SHARED_SCALE))
     info = explain.get_method(sel.method)
     top = sel.predictions[0][0] if sel.predictions else None
     against = st.toggle(
@@ -108,3 +92,31 @@ with page.guard("comparing classes"):
         "rather_than": None if contrast is None else {"index": contrast, "name": categories[contrast]},
     }
     report.download_button(st.container(), "compare_classes", m, sel, tiles, captions, columns=COLUMNS, extra=extra)
+
+
+with page.guard("comparing classes"):
+    sel = page.need_selection()
+    m = resources.get_model(sel.model_name)
+    ss = st.session_state
+    st.header("Compare classes")
+    st.caption(f"Which parts of the same picture speak for each class? {text.md_escape(explain.get_method(sel.method).title)} "
+               f"at layer {text.md_escape(sel.layer)}.")
+
+    # Default: the top-5 of this image, again whenever the model or the image change.
+    context = (m.name, sel.image_digest)
+    chosen = ss.get(state.COMPARE_CLASSES)
+    if ss.get(state.COMPARE_CONTEXT) != context or not isinstance(chosen, list) or any(
+        not isinstance(c, int) or not 0 <= c < m.num_classes for c in chosen
+    ):
+        ss[state.COMPARE_CLASSES] = [i for i, _n, _p in sel.predictions]
+        ss[state.COMPARE_CONTEXT] = context
+    # Mirrors the sidebar's colour-scale radio both ways, so it reruns the whole app (not the fragment).
+    ss[state.SHARED_SCALE] = sel.normalize == "shared"
+    st.toggle(
+        "Shared scale", key=state.SHARED_SCALE,
+        on_change=widgets.on_change_set(
+            state.NORMALIZE, lambda: "shared" if st.session_state[state.SHARED_SCALE] else "per_map"
+        ),
+    )
+    st.caption(SHARED_WHY)
+    class_grid(m, sel)

@@ -10,21 +10,17 @@ from ui import compute, page, pictures, report, resources, share, state, text, w
 DEFAULT_METHODS = explain.methods.DEFAULT_GRID
 
 
-with page.guard("comparing methods and layers"):
-    sel = page.need_selection()
-    m = resources.get_model(sel.model_name)
-    ss = st.session_state
-    st.header("Compare methods & layers")
-    st.caption(f"Every cell explains {text.md_escape(text.class_label(m.categories, sel.target))}.")
+@st.fragment
+def method_grid(m: explain.Model, sel: state.Selection) -> None:
+    """The method and layer pickers and the grid. A fragment: picking reruns this, not the sidebar."""
+    with page.guard("comparing methods and layers"):
+        _method_grid(m, sel)
 
+
+def _method_grid(m: explain.Model, sel: state.Selection) -> None:
     layers = m.layers()
     names = [n for n, _ in layers]
     shapes = dict(layers)
-    if ss.get(state.GRID_CONTEXT) != m.name or any(n not in names for n in ss.get(state.COMPARE_LAYERS, [])):
-        ss[state.COMPARE_LAYERS] = widgets.grid_default_layers(m)
-        ss[state.GRID_CONTEXT] = m.name
-    ss.setdefault(state.COMPARE_METHODS, list(DEFAULT_METHODS))
-
     c1, c2 = st.columns(2)
     methods = c1.multiselect("Methods (across)", explain.method_names(), key=state.COMPARE_METHODS,
                              format_func=text.method_title)
@@ -61,3 +57,17 @@ with page.guard("comparing methods and layers"):
                     captions.append(f"{title} · {layer}")
     report.download_button(st.container(), "compare_methods", m, sel, tiles, captions, columns=len(methods),
                            extra={"methods": list(methods), "layers": rows})
+
+
+with page.guard("comparing methods and layers"):
+    sel = page.need_selection()
+    m = resources.get_model(sel.model_name)
+    ss = st.session_state
+    st.header("Compare methods & layers")
+    st.caption(f"Every cell explains {text.md_escape(text.class_label(m.categories, sel.target))}.")
+    names = [n for n, _ in m.layers()]
+    if ss.get(state.GRID_CONTEXT) != m.name or any(n not in names for n in ss.get(state.COMPARE_LAYERS, [])):
+        ss[state.COMPARE_LAYERS] = widgets.grid_default_layers(m)
+        ss[state.GRID_CONTEXT] = m.name
+    ss.setdefault(state.COMPARE_METHODS, list(DEFAULT_METHODS))
+    method_grid(m, sel)

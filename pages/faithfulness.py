@@ -328,6 +328,24 @@ def sanity_section(m: explain.Model, sel: state.Selection) -> None:
         pictures.show(col, pictures.overlay(view, np.asarray(heat), sel), caption=text.md_escape(caption))
 
 
+# Each check is a fragment: its own settings and button rerun that check alone, not the sidebar
+# and the other check. Each has its own guard, so that a failure in one leaves the other usable.
+
+
+@st.fragment
+def curves_panel(m: explain.Model, sel: state.Selection, class_name: str) -> None:
+    """:func:`deletion_insertion_section` as a fragment with its own error guard."""
+    with page.guard("computing the deletion and insertion curves"):
+        deletion_insertion_section(m, sel, class_name)
+
+
+@st.fragment
+def sanity_panel(m: explain.Model, sel: state.Selection) -> None:
+    """:func:`sanity_section` as a fragment with its own error guard."""
+    with page.guard("running the sanity check"):
+        sanity_section(m, sel)
+
+
 with page.guard("checking the maps' faithfulness"):
     sel = page.need_selection()
     m = resources.get_model(sel.model_name)
@@ -338,9 +356,6 @@ with page.guard("checking the maps' faithfulness"):
         f"{text.md_escape(sel.image_label)}, model {text.md_escape(m.name)}, layer {text.md_escape(sel.layer)}. "
         "Change them in the sidebar."
     )
-    # One guard per check, so that a failure in one still leaves the other usable.
-    with page.guard("computing the deletion and insertion curves"):
-        deletion_insertion_section(m, sel, class_name)
+    curves_panel(m, sel, class_name)
     st.divider()
-    with page.guard("running the sanity check"):
-        sanity_section(m, sel)
+    sanity_panel(m, sel)
