@@ -507,3 +507,38 @@ def test_overlays_reach_the_browser_pixel_exact(monkeypatch: pytest.MonkeyPatch)
     assert any(s.shape == expected.shape and np.array_equal(s, expected) for s in shown)
     assert not [mime for mime, data in sent if Image.open(io.BytesIO(data)).size in (r.image.size, r.original.size)
                 and mime != "image/png"]
+
+
+def _top5_rows(at: AppTest) -> list[dict]:
+    """The rows of the sidebar's top-5 chart, as the browser gets them (Vega-Lite spec + Arrow data)."""
+    import json
+
+    import pyarrow as pa
+
+    [chart] = at.sidebar.get("vega_lite_chart")
+    spec = json.loads(chart.proto.spec)
+    assert spec["usermeta"]["embedOptions"]["renderer"] == "svg"  # names stay text, not pixels
+    return pa.ipc.open_stream(chart.proto.data.data).read_all().to_pylist()
+
+
+def test_top5_chart_is_drawn_by_the_browser_from_the_engines_predictions() -> None:
+    at = run_ok(new_app())
+    widget(at, "selectbox", state.SAMPLE).set_value("coffee.jpg")
+    run_ok(at)
+    rows = _top5_rows(at)
+    want = engine_predictions(DEFAULT, "coffee.jpg")
+    assert [(r["rank"], r["index"], r["name"]) for r in rows] == [(k, i, n) for k, (i, n, _p) in enumerate(want, 1)]
+    assert [r["p"] for r in rows] == pytest.approx([p for _i, _n, p in want], abs=1e-6)
+    assert [r["pct"] for r in rows] == [ui_text.percent(p) for _i, _n, p in want]
+    # No picture of a chart any more: the sidebar's only pictures are the gallery's thumbnails.
+    assert len(at.sidebar.image) == len(explain.samples.list_samples())
+
+
+def test_top5_chart_keeps_one_bar_per_class_when_names_repeat() -> None:
+    from ui import charts
+
+    spec = charts.top5_spec([(3, "dog", 0.5), (7, "dog", 0.3), (1, "$x$ <b>", 0.2)])
+    rows = spec["data"]["values"]
+    assert len({r["name"] for r in rows}) == 3 and [r["index"] for r in rows] == [3, 7, 1]
+    assert rows[2]["name"] == "$x$ <b>"  # data, shown as text
+    assert spec["layer"][0]["encoding"]["color"]["condition"]["test"] == "datum.rank === 1"

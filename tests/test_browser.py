@@ -78,6 +78,16 @@ async def _drive(base_url: str, expected: dict[str, object], console: list[str])
             assert f"{expected['other_title']} · squash" in main_text
             assert expected["other_top_name"] in main_text  # the plain-language sentence names the top class
             assert expected["default_label"] not in main_text
+            # The sidebar's top-5 chart, drawn by the browser (SVG): the new picture's classes, in order.
+            chart = page.locator(f'{server.SIDEBAR} [data-testid="stVegaLiteChart"] svg')
+            await chart.first.wait_for(timeout=STEP_MS)
+            await page.wait_for_function(
+                """want => { const t = [...document.querySelectorAll(
+                                '[data-testid="stSidebar"] [data-testid="stVegaLiteChart"] svg text')]
+                            .map(e => e.textContent.trim());
+                            return want.every((name, i) => t[i] === name); }""",
+                arg=expected["other_top5_names"], timeout=STEP_MS,
+            )
             ARTIFACTS.mkdir(exist_ok=True)
             await page.screenshot(path=str(ARTIFACTS / "browser_explain.png"))
 
@@ -150,6 +160,7 @@ def test_dashboard_in_chromium(lite0_model: explain.Model) -> None:
         "other_top_name": other_preds[0][1],
         "second_label": ui_text.class_label(cats, other_preds[1][0]),
         "other_top5_labels": [ui_text.class_label(cats, i) for i, _n, _p in other_preds],
+        "other_top5_names": [n for _i, n, _p in other_preds],
     }
     # Otherwise the test could not tell whether the page followed the sample change.
     assert expected["other_label"] != expected["default_label"]

@@ -1,8 +1,7 @@
-"""Charts drawn on the server as pictures: the top-5 bar chart and the raw map with its colour bar."""
+"""Charts: the top-5 bar chart (Vega-Lite, drawn by the browser) and the raw map with its colour bar (a PNG)."""
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -14,33 +13,47 @@ from ui.pictures import png
 from ui.text import percent
 
 
-@st.cache_data(max_entries=64, show_spinner=False)
-def top5_png(predictions: tuple[tuple[int, str, float], ...]) -> bytes:
-    """A horizontal bar chart (PNG) of the top predictions; names are drawn as text by matplotlib."""
-    from matplotlib.figure import Figure  # no pyplot: thread-safe under a multi-user server
-
-    names = [_shorten(name, 18) for _, name, _ in predictions][::-1]
-    probs = [p for _, _, p in predictions][::-1]
-    fig = Figure(figsize=(2.7, 0.36 * len(predictions) + 0.25), dpi=130, layout="constrained")
-    ax = fig.add_subplot()
-    bars = ax.barh(range(len(probs)), probs, color="#1f5fbf", height=0.65)
-    bars[-1].set_color("#c2410c")  # the top-1
-    # parse_math=False: class names (a user's own labels too) are text, never mathtext ('$…$').
-    ax.set_yticks(range(len(names)), names, fontsize=9.5, parse_math=False)
-    # Room on the right of the longest bar for its percentage label.
-    ax.set_xlim(0, (max(probs) if probs and max(probs) > 0 else 1.0) * 1.35)
-    for y, p in enumerate(probs):
-        ax.text(p, y, " " + percent(p), va="center", fontsize=9)
-    ax.set_xticks([])
-    for side in ("top", "right", "bottom"):
-        ax.spines[side].set_visible(False)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+TOP_COLOUR, OTHER_COLOUR, TEXT_COLOUR = "#c2410c", "#1f5fbf", "#31333f"
+LABEL_PX = 125  # room for a class name left of its bar; longer names end in "…" (the tooltip has them whole)
 
 
-def _shorten(text: str, n: int) -> str:
-    return text if len(text) <= n else text[: n - 1] + "…"
+def top5_spec(predictions: Sequence[tuple[int, str, float]]) -> dict:
+    """A Vega-Lite horizontal bar chart of the top predictions, drawn by the browser.
+
+    The data travel inline (five rows of JSON): no picture to make on the server, nothing to
+    re-encode on a rerun. Class names are data, never markup. The renderer is SVG, so the names are
+    text that a screen reader (and a test) can read.
+    """
+    rows, seen = [], set()
+    for rank, (index, name, p) in enumerate(predictions, start=1):
+        label = str(name)
+        while label in seen:  # two classes of a user's model may share a name: keep one bar each
+            label += "\u200b"
+        seen.add(label)
+        rows.append({"rank": rank, "index": int(index), "name": label, "p": float(p), "pct": percent(p),
+                     "tip": f"{int(index)} · {name}: {percent(p)}"})
+    top = max((r["p"] for r in rows), default=0.0)
+    y = {"field": "name", "type": "nominal", "sort": None, "title": None,
+         "axis": {"labelLimit": LABEL_PX, "ticks": False, "domain": True, "labelFontSize": 13,
+                  "labelColor": TEXT_COLOUR, "labelPadding": 4}}
+    x = {"field": "p", "type": "quantitative", "axis": None,
+         # Room right of the longest bar for its percentage.
+         "scale": {"domain": [0, (top if top > 0 else 1.0) * 1.4]}}
+    return {
+        "height": 26 * max(1, len(rows)),
+        "data": {"values": rows},
+        "encoding": {"y": y, "x": x, "tooltip": [{"field": "tip", "type": "nominal", "title": None}]},
+        "layer": [
+            {"mark": {"type": "bar", "cornerRadiusEnd": 2, "height": {"band": 0.7}},
+             "encoding": {"color": {"condition": {"test": "datum.rank === 1", "value": TOP_COLOUR},
+                                    "value": OTHER_COLOUR}}},
+            {"mark": {"type": "text", "align": "left", "baseline": "middle", "dx": 3, "fontSize": 12.5,
+                      "color": TEXT_COLOUR},
+             "encoding": {"text": {"field": "pct", "type": "nominal"}}},
+        ],
+        "config": {"view": {"stroke": None}},
+        "usermeta": {"embedOptions": {"renderer": "svg", "actions": False}},
+    }
 
 
 def heatmap_png(raw: np.ndarray, colormap: str) -> bytes:
@@ -53,7 +66,5 @@ def heatmap_png(raw: np.ndarray, colormap: str) -> bytes:
 
 
 def show_top5(predictions: Sequence[tuple[int, str, float]]) -> None:
-    """Draw the top-5 chart where the caller is (e.g. the sidebar)."""
-    # PNG as it is: on "auto" Streamlit would re-encode the chart as JPEG on every rerun.
-    st.image(top5_png(tuple((int(i), str(n), float(p)) for i, n, p in predictions)), width="stretch",
-             output_format="PNG")
+    """Draw the top-5 chart where the caller is (e.g. the sidebar): a chart the browser draws."""
+    st.vega_lite_chart(top5_spec(predictions), width="stretch")
