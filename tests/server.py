@@ -44,12 +44,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def streamlit_server(timeout: float = 90.0, extra_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
-    """Run ``streamlit run app.py`` on a free port; yield (base URL, process); stop it afterwards."""
+def streamlit_server(timeout: float = 90.0, extra_env: dict[str, str] | None = None,
+                     script: Path | None = None) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Run ``streamlit run app.py`` (or ``script``) on a free port; yield (base URL, process); stop it afterwards."""
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT), MPLBACKEND="Agg", **(extra_env or {}))
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+        sys.executable, "-m", "streamlit", "run", str(script or ROOT / "app.py"),
         "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]

@@ -13,6 +13,7 @@ forward passes on the very object the app uses (:func:`get_model` in the test pr
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import pathlib
@@ -25,6 +26,12 @@ from PIL import Image, ImageOps
 import explain
 from ui import streamlit_compat
 from ui.state import UPLOADED as UPLOADED_KEY
+
+# What is imported by now (torch, Streamlit, the engine: about half a million objects) lives as long
+# as the server. Frozen, it is no longer walked by every full garbage collection (~300 ms each on a
+# 2-core machine, the biggest cost of a rerun before runner.postScriptGC was switched off in
+# .streamlit/config.toml). Once per process: modules are imported once.
+gc.freeze()
 
 #: How many models stay loaded at once (each EfficientNet/ResNet is tens to hundreds of MB).
 MODEL_CACHE_ENTRIES = 3
